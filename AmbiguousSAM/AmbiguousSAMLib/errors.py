@@ -1,0 +1,25 @@
+"""Exceptions a user can act on.
+
+Every error names the problem and the fix in words a radiologist or researcher understands, so the Slicer
+widget and the command line can show the message as it is.
+"""
+
+
+class AmbiguousSAMError(Exception):
+    """Base class: anything AmbiguousSAM refuses to do, with the reason and the fix in the message."""
+
+
+class InvalidImageError(AmbiguousSAMError, ValueError):
+    """The image or volume cannot be segmented as given (wrong shape, dtype, NaN, unreadable)."""
+
+
+class InvalidBoxError(AmbiguousSAMError, ValueError):
+    """The prompt box is empty, inverted, not finite or outside the image."""
+
+
+class CheckpointError(AmbiguousSAMError, RuntimeError):
+    """Model weights are missing, corrupt or do not fit the chosen architecture."""
+
+
+class CancelledError(AmbiguousSAMError):
+    """The user cancelled a run; whatever it had started is discarded."""

@@ -1,0 +1,115 @@
+"""Encode a slice once, then answer any number of box prompts cheaply.
+
+The image encoder is >95% of the cost of a prediction, so `set_image` runs it once and caches the embedding;
+`predict` (one deterministic mask) and the ambiguity heads' samplers reuse it. This mirrors
+`segment_anything.SamPredictor`, for SAM-family backbones of any input size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .device import autocast, is_cuda_oom, resolve_device
+from .errors import AmbiguousSAMError
+from .modeling.backbone import Backbone, build_backbone
+from .preprocessing import (LUNG_WINDOW, Geometry, box_to_model, image_to_tensor, normalize_intensities,
+                            postprocess_logits, resized_geometry, validate_box, validate_slice)
+
+
+@dataclass
+class Prediction:
+    """One deterministic prediction on the slice given to `set_image`."""
+
+    #: (rows, cols) bool at the slice's resolution (logits > 0).
+    mask: np.ndarray
+    #: The decoder's own estimate of the mask's IoU.
+    iou: float
+    #: (256, 256) low-resolution decoder logits in the model frame (input to refinement or heads).
+    logits: np.ndarray
+
+
+class Predictor:
+    """A backbone on a device, with the last image's embedding cached.
+
+    `window` is applied to non-uint8 input (CT in HU) before min-max scaling; uint8 input (PNG, the LIDC crops)
+    is only min-max scaled. Pass `window=None` to min-max any input as it is.
+    """
+
+    def __init__(self, backbone: Backbone | str = "litemedsam", checkpoint: str | Path | None = None,
+                 device: str | torch.device | None = None, precision: str = "fp32",
+                 window: tuple[float, float] | None = LUNG_WINDOW) -> None:
+        self.backbone = build_backbone(backbone, checkpoint) if isinstance(backbone, str) else backbone
+        self.device = resolve_device(device)
+        self.backbone.to(self.device)
+        self.precision = precision
+        self.window = window
+        self.embedding: torch.Tensor | None = None
+        self.geometry: Geometry | None = None
+
+    def to(self, device: str | torch.device) -> "Predictor":
+        """Move the model (and cached embedding) to another device."""
+        self.device = resolve_device(device)
+        self.backbone.to(self.device)
+        if self.embedding is not None:
+            self.embedding = self.embedding.to(self.device)
+        return self
+
+    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """Validate, normalise and resize a slice into the model's (1, 3, S, S) input."""
+        image = np.asarray(image)
+        window = None if image.dtype == np.uint8 else self.window
+        pixels = validate_slice(image)
+        geometry = resized_geometry(pixels.shape, self.backbone.image_size)
+        return image_to_tensor(normalize_intensities(pixels, window), geometry), geometry
+
+    def encode(self, model_input: torch.Tensor) -> torch.Tensor:
+        """Run the image encoder; on CUDA out-of-memory, warn and continue on the CPU."""
+        try:
+            return self._encode_on(self.device, model_input)
+        except Exception as error:
+            if not (self.device.type == "cuda" and is_cuda_oom(error)):
+                raise
+            warnings.warn("CUDA ran out of memory; AmbiguousSAM continues on the CPU (slower).", RuntimeWarning,
+                          stacklevel=2)
+            torch.cuda.empty_cache()
+            self.to("cpu")
+            return self._encode_on(self.device, model_input)
+
+    @torch.no_grad()
+    def _encode_on(self, device: torch.device, model_input: torch.Tensor) -> torch.Tensor:
+        with autocast(device, self.precision):
+            return self.backbone.encode(model_input.to(device)).float()
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode one 2D slice (rows, cols) and keep its embedding for the following prompts."""
+        model_input, geometry = self.prepare(image)
+        self.embedding = self.encode(model_input)
+        self.geometry = geometry
+
+    def model_box(self, box: np.ndarray | list[float] | tuple[float, ...]) -> torch.Tensor:
+        """A box (x0, y0, x1, y1) in slice pixels -> (1, 4) tensor in the model frame, validated."""
+        if self.geometry is None:
+            raise AmbiguousSAMError("No image is set: call set_image(slice) before predicting.")
+        box = validate_box(box, self.geometry.original_size)
+        return torch.from_numpy(box_to_model(box, self.geometry))[None].to(self.device)
+
+    @torch.no_grad()
+    def decode(self, box: torch.Tensor, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain SAM decoder on the cached embedding: (B, M, 256, 256) logits and (B, M) IoU estimates."""
+        sparse, dense = self.backbone.prompt_encoder(points=None, boxes=box, masks=None)
+        with autocast(self.device, self.precision):
+            logits, iou = self.backbone.mask_decoder(
+                image_embeddings=self.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+        return logits.float(), iou.float()
+
+    def predict(self, box: np.ndarray | list[float] | tuple[float, ...]) -> Prediction:
+        """One deterministic mask for a box (x0, y0, x1, y1) in the slice's pixel coordinates (x = column)."""
+        logits, iou = self.decode(self.model_box(box))
+        full = postprocess_logits(logits[0, 0].cpu(), self.geometry)
+        return Prediction(mask=(full > 0).numpy(), iou=float(iou[0, 0]), logits=logits[0, 0].cpu().numpy())
