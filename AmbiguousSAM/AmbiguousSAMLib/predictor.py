@@ -16,6 +16,8 @@ import torch
 
 from .device import autocast, is_cuda_oom, resolve_device
 from .errors import AmbiguousSAMError
+from .heads.checkpoint import load_head
+from .heads.sampler import Sampler
 from .modeling.backbone import Backbone, build_backbone
 from .preprocessing import (LUNG_WINDOW, Geometry, box_to_model, image_to_tensor, normalize_intensities,
                             postprocess_logits, resized_geometry, validate_box, validate_slice)
@@ -31,6 +33,16 @@ class Prediction:
     iou: float
     #: (256, 256) low-resolution decoder logits in the model frame (input to refinement or heads).
     logits: np.ndarray
+
+
+@dataclass
+class SampledMasks:
+    """K hypotheses for one box on the slice given to `set_image`."""
+
+    #: (K, rows, cols) float32 foreground probabilities at the slice's resolution.
+    probabilities: np.ndarray
+    #: (K,) the decoder's quality estimate per hypothesis.
+    scores: np.ndarray
 
 
 class Predictor:
@@ -50,6 +62,8 @@ class Predictor:
         self.window = window
         self.embedding: torch.Tensor | None = None
         self.geometry: Geometry | None = None
+        #: The ambiguity head `sample` uses; loaded from the shipped checkpoint on first use.
+        self.head: Sampler | None = None
 
     def to(self, device: str | torch.device) -> "Predictor":
         """Move the model (and cached embedding) to another device."""
@@ -104,9 +118,22 @@ class Predictor:
         sparse, dense = self.backbone.prompt_encoder(points=None, boxes=box, masks=None)
         with autocast(self.device, self.precision):
             logits, iou = self.backbone.mask_decoder(
-                image_embeddings=self.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
+                image_embeddings=self.embedding_or_fail(), image_pe=self.backbone.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
         return logits.float(), iou.float()
+
+    def sample(self, box: np.ndarray | list[float] | tuple[float, ...], k: int = 16, seed: int = 0) -> SampledMasks:
+        """K plausible masks for a box from the ambiguity head (the shipped LIDC head unless `self.head` is set)."""
+        if self.head is None:
+            self.head = load_head(self.backbone).to(self.device)
+        drawn = self.head.sample(self.embedding_or_fail(), self.model_box(box), k, seed)
+        probs = torch.sigmoid(postprocess_logits(drawn.logits.float().cpu(), self.geometry)).numpy()
+        return SampledMasks(probabilities=probs, scores=drawn.scores.float().cpu().numpy())
+
+    def embedding_or_fail(self) -> torch.Tensor:
+        if self.embedding is None:
+            raise AmbiguousSAMError("No image is set: call set_image(slice) before predicting.")
+        return self.embedding
 
     def predict(self, box: np.ndarray | list[float] | tuple[float, ...]) -> Prediction:
         """One deterministic mask for a box (x0, y0, x1, y1) in the slice's pixel coordinates (x = column)."""

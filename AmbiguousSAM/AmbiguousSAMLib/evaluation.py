@@ -1,0 +1,99 @@
+"""Score several samplers on the same multi-rater slices with METHODS.md's protocol, in one run.
+
+Each slice is encoded once and every method samples from the same embedding with the same prompt box and
+seed, so the table compares methods and nothing else. Decode time per slice is measured per method.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import metrics
+from .crops import load_crops, rows_with_raters
+from .heads.sampler import Sampler
+from .predictor import Predictor
+from .preprocessing import postprocess_logits, resized_geometry
+from .training.embedding_cache import EmbeddingCache
+
+
+@dataclass
+class MethodResult:
+    name: str
+    per_slice: list[dict] = field(default_factory=list)
+    calibration: metrics.CalibrationAccumulator = field(default_factory=metrics.CalibrationAccumulator)
+    decode_seconds: list[float] = field(default_factory=list)
+    samples: list[np.ndarray] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {**metrics.aggregate(self.per_slice), "ece": self.calibration.value(),
+                "decode_ms_median": 1000 * float(np.median(self.decode_seconds))}
+
+
+def evaluation_rows(masks: np.ndarray, limit: int | None) -> np.ndarray:
+    """Rows a box can be drawn on; with `limit`, an evenly spaced subset (every ceil(n/limit)-th row)."""
+    rows = rows_with_raters(masks)
+    if limit is not None and limit < len(rows):
+        rows = rows[:: math.ceil(len(rows) / limit)][:limit]
+    return rows
+
+
+def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, samples: int = 16, seed: int = 0,
+             limit: int | None = None, cache: str | Path | None = None, keep_samples: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[MethodResult]]:
+    """Run every sampler on every protocol slice of `data`; return the rows used and one result per method."""
+    with np.load(data) as file:
+        rows = evaluation_rows(file["masks"], limit)
+    crops = load_crops(data, rows)
+    embeddings = None
+    if cache is not None:
+        store = EmbeddingCache(cache)
+        store.build(data, rows, predictor, max_shift=0, seed=seed)
+        embeddings = store.embeddings()
+    results = [MethodResult(s.name) for s in samplers]
+    geometry = resized_geometry(crops.images.shape[1:], predictor.backbone.image_size)
+    for n, (image, raters) in enumerate(zip(crops.images, crops.masks)):
+        if embeddings is not None:
+            embedding = torch.from_numpy(np.asarray(embeddings[n], dtype=np.float32))[None].to(predictor.device)
+        else:
+            embedding = predictor.encode(predictor.prepare(image)[0])
+        box = np.array(metrics.protocol_box(raters), dtype=np.float32)
+        box_t = torch.from_numpy(box * geometry.scale)[None].to(predictor.device)
+        for sampler, result in zip(samplers, results):
+            start = time.perf_counter()
+            drawn = sampler.sample(embedding, box_t, samples, seed + int(crops.index[n]))
+            probs = torch.sigmoid(postprocess_logits(drawn.logits.cpu(), geometry)).numpy()
+            result.decode_seconds.append(time.perf_counter() - start)
+            binary = probs > 0.5
+            result.per_slice.append(metrics.score_slice(binary, probs, raters))
+            result.calibration.add(probs.mean(axis=0), metrics.rater_frequency(raters))
+            if keep_samples:
+                result.samples.append(binary)
+        if progress is not None:
+            progress(n + 1, len(rows))
+    return crops.index, results
+
+
+def format_table(results: list[MethodResult], samples: int) -> str:
+    header = f"| method | GED | HM-IoU | D_avg | majority Dice | NCC (undefined) | ECE | decode ms ({samples} samples) |"
+    lines = [header, "|" + "---|" * 8]
+    for result in results:
+        s = result.summary()
+        lines.append(f"| {result.name} | {s['ged']:.3f} | {s['hm_iou']:.3f} | {s['d_avg']:.3f} | "
+                     f"{s['majority_dice']:.3f} | {s['ncc']:.3f} ({s['ncc_undefined']}) | {s['ece']:.4f} | "
+                     f"{s['decode_ms_median']:.0f} |")
+    return "\n".join(lines)
+
+
+def save_samples(path: str | Path, index: np.ndarray, results: list[MethodResult]) -> None:
+    """`samples` (N, K, H, W) bool of the first method and `samples_<name>` of the others, plus `index`."""
+    arrays = {"index": index}
+    for i, result in enumerate(results):
+        arrays["samples" if i == 0 else f"samples_{result.name}"] = np.stack(result.samples)
+    np.savez_compressed(path, **arrays)

@@ -1,0 +1,55 @@
+"""Save and load a trained ambiguity head: only its own weights (~4 MB), never the backbone's.
+
+A head file records the backbone it was trained on and its constructor arguments, so loading it on the wrong
+backbone fails with a message instead of producing garbage masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from ..modeling.backbone import Backbone
+from .probabilistic_sam import ProbabilisticSAM
+
+#: The head trained on LIDC-IDRI that ships with the project (see Resources/Models/MODEL_CARD.md).
+DEFAULT_HEAD = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "probabilistic_sam_lidc.pt"
+
+
+def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
+    state = {name: p.detach().cpu().clone() for name, p in head.trainable_parameters().items()}
+    payload = {"format": "ambiguous-sam-head/1", "backbone": backbone_name,
+               "config": {"injection": head.injection, "latent_dim": head.latent_dim},
+               "state": state, "extra": extra or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM:
+    """Build the head on `backbone` and load its trained weights (strictly: every trained tensor must fit)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"No trained head at {path}. Train one with 'ambiguous-sam train' or pass the path of a head file."
+        )
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != "ambiguous-sam-head/1":
+        raise CheckpointError(f"{path} is not an AmbiguousSAM head file (made by 'ambiguous-sam train').")
+    if payload["backbone"] != backbone.spec.name:
+        raise CheckpointError(
+            f"The head {path.name} was trained on backbone '{payload['backbone']}', not '{backbone.spec.name}'. "
+            f"Use --backbone {payload['backbone']} or a head trained on {backbone.spec.name}."
+        )
+    head = ProbabilisticSAM(backbone, **payload["config"])
+    expected = head.trainable_parameters()
+    if set(expected) != set(payload["state"]):
+        raise CheckpointError(f"{path} does not match this version's head layout; retrain it.")
+    with torch.no_grad():
+        for name, tensor in payload["state"].items():
+            expected[name].copy_(tensor)
+    return head.eval()

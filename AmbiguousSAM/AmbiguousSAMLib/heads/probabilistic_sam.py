@@ -1,0 +1,105 @@
+"""Probabilistic SAM: a latent z from a prior/posterior pair makes SAM's decoder produce K plausible masks.
+
+Two places to inject z, one class:
+- "prompt" (the paper's): MLP(z) is added to the two box tokens, so each sample runs the decoder's
+  two-way transformer; K samples cost K decoder passes.
+- "hypernetwork" (ours, fast): the transformer and upscaling run once per box; z only shifts the mask
+  weights the hypernetwork produces from the mask token (plus a per-sample logit offset, which lets a sample
+  grow, shrink or vanish). K samples then cost one decoder pass and K dot products.
+The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
+and the hypernetwork MLPs are trained: back-propagating through the decoder's transformer costs ~0.7 s per
+crop on a CPU, ten times the rest, so its body stays frozen (and, for the hypernetwork injection, runs without
+autograd). The new layers start at zero, so an untrained head reproduces the backbone's deterministic mask.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling.backbone import Backbone
+from ..modeling.decoding import masks_from_weights, mask_weights, run_transformer
+from .latent import GaussianLatentNet, box_channel, kl_divergence
+from .sampler import Samples, generator_for
+
+INJECTIONS = ("hypernetwork", "prompt")
+
+
+def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+class ProbabilisticSAM(nn.Module):
+    """Prior/posterior nets + a fine-tunable SAM decoder that turns (embedding, box, z) into a mask."""
+
+    def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6) -> None:
+        super().__init__()
+        if injection not in INJECTIONS:
+            raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
+        self.name = f"probabilistic_sam_{injection}"
+        self.injection = injection
+        self.latent_dim = latent_dim
+        self.image_size = backbone.image_size
+        self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
+        self.mask_decoder = copy.deepcopy(backbone.mask_decoder)
+        self.prior = GaussianLatentNet(extra_channels=1, latent_dim=latent_dim)
+        self.posterior = GaussianLatentNet(extra_channels=2, latent_dim=latent_dim)
+        if injection == "prompt":
+            self.z_to_prompt = _zero_last(nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 256)))
+        else:
+            self.z_to_weights = _zero_last(
+                nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32 + 1)))
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
+        frozen = ("prompt_encoder.", "mask_decoder.transformer.", "mask_decoder.output_upscaling.",
+                  "mask_decoder.iou_", "mask_decoder.mask_tokens.")
+        return {name: p for name, p in self.named_parameters() if not name.startswith(frozen)}
+
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (B, 256, 64, 64), boxes (B, 4), latents (B, S, D) -> logits (B, S, 256, 256), IoU (B, S)."""
+        batch, samples = z.shape[:2]
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        if self.injection == "prompt":
+            sparse = (sparse[:, None] + self.z_to_prompt(z)[:, :, None]).flatten(0, 1)
+            state = run_transformer(self.mask_decoder, embeddings.repeat_interleave(samples, 0), image_pe, sparse,
+                                    dense.repeat_interleave(samples, 0))
+            weights = mask_weights(self.mask_decoder, state.mask_tokens)[:, :1]
+            logits = masks_from_weights(weights, state.upscaled).view(batch, samples, *state.upscaled.shape[-2:])
+            iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, 0].view(batch, samples)
+            return logits, iou
+        with torch.no_grad():
+            state = run_transformer(self.mask_decoder, embeddings, image_pe, sparse, dense)
+        token = state.mask_tokens[:, 0]
+        base = mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
+        delta = self.z_to_weights(torch.cat([token[:, None].expand(-1, samples, -1), z], dim=2))
+        logits = masks_from_weights(base[:, None] + delta[..., :32], state.upscaled) + delta[..., 32, None, None]
+        iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, :1].expand(batch, samples)
+        return logits, iou
+
+    def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor,
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One posterior sample per image: logits (B, 256, 256) and KL(q || p) (B,) for the loss."""
+        box_map = box_channel(boxes, self.image_size)
+        target_map = F.adaptive_avg_pool2d(targets[:, None].float(), box_map.shape[-2:])
+        prior = self.prior(embeddings, box_map)
+        posterior = self.posterior(embeddings, torch.cat([box_map, target_map], dim=1))
+        z = posterior[0] + torch.exp(posterior[1]) * torch.randn_like(posterior[0])
+        logits, _ = self.decode(embeddings, boxes, z[:, None])
+        return logits[:, 0], kl_divergence(posterior, prior)
+
+    @torch.no_grad()
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+        """K prior samples for one box. The same seed draws the same standard-normal noise, so reusing a seed
+        on neighbouring slices keeps sample i the same hypothesis through a 3D lesion."""
+        mu, log_sigma = self.prior(embedding, box_channel(box, self.image_size))
+        noise = torch.randn((k, self.latent_dim), generator=generator_for(seed, torch.device("cpu")))
+        z = mu + torch.exp(log_sigma) * noise.to(mu.device)
+        logits, iou = self.decode(embedding, box, z[None])
+        return Samples(logits=logits[0], scores=iou[0])

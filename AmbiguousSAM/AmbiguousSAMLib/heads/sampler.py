@@ -1,0 +1,33 @@
+"""The one interface every way of drawing K masks implements, so one harness compares them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Samples:
+    """K hypotheses for one box, in the model frame (256 x 256 low-resolution logits)."""
+
+    #: (K, 256, 256) logits; sigmoid gives the probability maps.
+    logits: torch.Tensor
+    #: (K,) expected quality of each hypothesis (the decoder's IoU estimate); higher is better.
+    scores: torch.Tensor
+
+
+class Sampler(Protocol):
+    """Draws K masks for a box on an encoded image; the same seed gives the same samples."""
+
+    name: str
+
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+        """`embedding` (1, 256, 64, 64), `box` (1, 4) in the model frame (x0, y0, x1, y1)."""
+        ...
+
+
+def generator_for(seed: int, device: torch.device) -> torch.Generator:
+    """A private random stream, so sampling never disturbs (or depends on) torch's global RNG."""
+    return torch.Generator(device=device).manual_seed(int(seed))

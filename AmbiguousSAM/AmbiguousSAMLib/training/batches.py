@@ -1,0 +1,55 @@
+"""Training examples from cached crops: a random rater as the target and a box that does not give it away.
+
+The box is drawn around the union of *all* raters (as the scoring protocol does), never around the chosen
+rater, so its size cannot tell the model which rater it must reproduce; its margin is random (1-6 px per
+side) so its exact position gives nothing away either. Empty rater masks stay in: "this expert would not
+mark it" is part of the distribution the head must learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..preprocessing import resized_geometry
+
+
+@dataclass
+class Batch:
+    embeddings: torch.Tensor  # (B, 256, 64, 64) float32
+    boxes: torch.Tensor  # (B, 4) model frame
+    targets: torch.Tensor  # (B, S, S) float32 {0, 1} in the model frame
+
+
+def union_box(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """(R, H, W) rater masks -> box (x0, y0, x1, y1) around their union, widened by margins (4,), clipped."""
+    union = masks.any(axis=0)
+    rows, cols = np.nonzero(union)
+    h, w = union.shape
+    return np.array([max(cols.min() - margins[0], 0), max(rows.min() - margins[1], 0),
+                     min(cols.max() + margins[2], w - 1), min(rows.max() + margins[3], h - 1)], dtype=np.float32)
+
+
+def to_model_frame(mask: np.ndarray, model_size: int) -> torch.Tensor:
+    """(H, W) bool crop mask -> (S, S) float target, resized like the image and zero-padded."""
+    geometry = resized_geometry(mask.shape, model_size)
+    tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
+    tensor = F.interpolate(tensor, size=geometry.resized_size, mode="nearest")
+    return F.pad(tensor, (0, model_size - geometry.resized_size[1], 0, model_size - geometry.resized_size[0]))[0, 0]
+
+
+def make_batch(rng: np.random.Generator, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
+               model_size: int, margin_range: tuple[int, int] = (1, 6)) -> Batch:
+    """Gather cached embeddings for `rows`, one random rater each as the target."""
+    order = np.sort(rows)  # sorted reads are faster on the memory-mapped cache
+    boxes, targets = [], []
+    for row in order:
+        raters = masks[row]
+        box = union_box(raters, rng.integers(margin_range[0], margin_range[1] + 1, size=4))
+        boxes.append(box * model_size / max(raters.shape[-2:]))
+        targets.append(to_model_frame(raters[rng.integers(len(raters))], model_size))
+    return Batch(embeddings=torch.from_numpy(np.asarray(embeddings[order], dtype=np.float32)),
+                 boxes=torch.from_numpy(np.stack(boxes)), targets=torch.stack(targets))

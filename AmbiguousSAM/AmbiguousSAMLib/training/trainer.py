@@ -1,0 +1,123 @@
+"""Train a Probabilistic SAM head on cached embeddings: resumable, with a progress bar and loss curves.
+
+Runs on CPU (hours for the full LIDC set, so the model card states the subset used) and on CUDA unchanged.
+Every `checkpoint_every` steps the head, optimiser and history are written atomically to `out/last.pt`;
+running the same command again continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..modeling.backbone import Backbone
+from ..heads.checkpoint import save_head
+from ..heads.probabilistic_sam import ProbabilisticSAM
+from .batches import make_batch
+from .embedding_cache import EmbeddingCache
+from .losses import probabilistic_sam_loss
+
+
+@dataclass
+class TrainConfig:
+    injection: str = "hypernetwork"
+    latent_dim: int = 6
+    beta: float = 10.0
+    #: The KL weight ramps from 0 to beta over this fraction of the steps, so the decoder learns to use z
+    #: before the KL can pull the posterior onto the prior (the usual guard against posterior collapse).
+    kl_warmup: float = 0.2
+    batch_size: int = 8
+    steps: int = 2000
+    lr: float = 3e-4
+    seed: int = 0
+    checkpoint_every: int = 50
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+
+def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: str | Path,
+          show_progress: bool = True) -> Path:
+    """Train (or resume) and return the path of the final head file `out/head.pt`."""
+    from tqdm import tqdm  # imported here: only training needs it
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    head = ProbabilisticSAM(backbone, injection=config.injection, latent_dim=config.latent_dim).to(device)
+    trainable = head.trainable_parameters()
+    for name, parameter in head.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                                    pct_start=0.05)
+    history: list[dict] = []
+    start = 0
+    last = out / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["config"] != asdict(config):
+            raise ValueError(f"{last} was written with other settings; use another --out or delete it.")
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start = state["history"], state["step"]
+        torch.set_rng_state(state["torch_rng"])
+    rng = np.random.default_rng([config.seed, start])
+
+    crops = cache.crops()
+    embeddings = cache.embeddings()
+    available = cache.meta()["done"]
+    head.train()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not show_progress,
+               desc=f"train {config.injection}")
+    for step in bar:
+        rows = rng.choice(available, size=config.batch_size, replace=False)
+        batch = make_batch(rng, embeddings, crops["masks"], rows, backbone.image_size)
+        logits, kl = head.forward_train(batch.embeddings.to(device), batch.boxes.to(device), batch.targets.to(device))
+        ramp = min(1.0, step / max(config.kl_warmup * config.steps, 1.0))
+        losses = probabilistic_sam_loss(logits, batch.targets.to(device), kl, config.beta * ramp)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        scheduler.step()
+        history.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
+        bar.set_postfix(loss=f"{history[-1]['total']:.3f}", kl=f"{history[-1]['kl']:.2f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            tmp = last.with_suffix(".tmp")
+            torch.save({"config": asdict(config), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "history": history, "step": step + 1,
+                        "torch_rng": torch.get_rng_state()}, tmp)
+            tmp.replace(last)
+            plot_losses(history, out / "loss.png")
+    final = out / "head.pt"
+    save_head(head.eval(), final, backbone.spec.name,
+              extra={"train": asdict(config), "cache": cache.meta()["settings"], "rows_used": int(available)})
+    (out / "history.json").write_text(json.dumps(history))
+    return final
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    """Loss curves (moving average over 25 steps) as a PNG next to the checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h["step"] for h in history])
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+    for ax, key in zip(axes, ("total", "bce", "dice", "kl")):
+        values = np.array([h[key] for h in history])
+        window = min(25, len(values))
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps, values, alpha=0.25)
+        ax.plot(steps[window - 1:], smooth)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
