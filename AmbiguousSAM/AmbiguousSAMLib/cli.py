@@ -1,0 +1,208 @@
+"""`ambiguous-sam`: the command line of the core (demo, train, evaluate, segment)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import AmbiguousSAMError
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, device=args.device, precision=args.precision, samples=args.samples, seed=args.seed)
+    volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
+    print(f"{summary['input']}: {len(summary['candidates'])} candidates ({volumes} mm^3) on slices "
+          f"{min(summary['slices'])}-{max(summary['slices'])} in {summary['seconds']:.1f} s")
+    print(f"wrote {Path(args.out).resolve()}/ (candidates.seg.nrrd, uncertainty.nrrd, summary.json, montage.png)")
+
+
+def _train(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .crops import rows_with_raters
+    from .predictor import Predictor
+    from .training.embedding_cache import EmbeddingCache
+    from .training.trainer import TrainConfig, train
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
+                          precision=args.precision)
+    with np.load(args.data) as data:
+        rows = rows_with_raters(data["masks"])[:: args.every]
+    cache = EmbeddingCache(args.cache)
+    if not cache.is_complete() or cache.meta()["settings"]["rows"] != len(rows):
+        print(f"encoding {len(rows)} crops into {args.cache} (once; resumable)", file=sys.stderr)
+        cache.build(args.data, rows, predictor, progress=_progress("encode"))
+    config = TrainConfig(injection=args.injection, latent_dim=args.latent_dim, beta=args.beta,
+                         batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed,
+                         device=str(predictor.device))
+    path = train(cache, predictor.backbone, config, args.out)
+    print(f"wrote {path}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .evaluation import evaluate, format_table, save_samples
+    from .heads.baselines import BoxJitter, Deterministic, MCDropout, Multimask
+    from .heads.checkpoint import DEFAULT_HEAD, load_head
+    from .predictor import Predictor
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
+                          precision=args.precision)
+    backbone = predictor.backbone
+    heads = [load_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])]
+    samplers = [*heads, Deterministic(backbone), BoxJitter(backbone), Multimask(backbone), MCDropout(backbone)]
+    index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
+                              limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,
+                              progress=_progress("evaluate"))
+    table = format_table(results, args.samples)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "data": str(args.data), "samples": args.samples, "seed": args.seed, "slices": int(len(index)),
+            "backbone": backbone.spec.name, "precision": args.precision,
+            "methods": {r.name: r.summary() for r in results}, "table": table}, indent=2))
+    if args.save_samples:
+        save_samples(args.save_samples, index, results)
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .jobs import SegmentJob, read_jobs, run_job
+    from .segmenter import LesionSegmenter
+
+    if args.batch:
+        jobs = read_jobs(args.batch, args.samples, args.seed)
+    else:
+        if args.input is None or args.out is None:
+            raise AmbiguousSAMError("Give INPUT and -o OUT (or --batch jobs.csv).")
+        corners, space = None, "LPS"
+        if args.box_ras or args.box_lps:
+            values = args.box_ras or args.box_lps
+            corners, space = (tuple(values[:3]), tuple(values[3:])), ("RAS" if args.box_ras else "LPS")
+        elif args.box is None or args.slice is None:
+            raise AmbiguousSAMError("Give --box I0 J0 I1 J1 with --slice K, or --box-ras/--box-lps with two corners.")
+        jobs = [SegmentJob(input=Path(args.input), out=Path(args.out), box_ijk=args.box and tuple(args.box),
+                           slice_k=args.slice, corners=corners, space=space, samples=args.samples, seed=args.seed)]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    segmenter = LesionSegmenter(backbone=args.backbone, head=args.head, checkpoint=args.checkpoint,
+                                device=args.device, precision=args.precision)
+    failures = 0
+    for job in tqdm(jobs, desc="segment", disable=len(jobs) == 1):
+        try:
+            summary = run_job(segmenter, job, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct)
+            volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
+            print(f"{job.input} -> {job.out}: {len(summary['candidates'])} candidates ({volumes} mm^3), "
+                  f"{summary['seconds']:.1f} s")
+        except AmbiguousSAMError as error:
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(f"{job.input}: skipped: {error}", file=sys.stderr)
+    if failures:
+        raise SystemExit(f"{failures} of {len(jobs)} cases failed (see above); the others were written.")
+
+
+def _progress(label: str):
+    from tqdm import tqdm
+
+    bar: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=label, initial=0)
+        bar["bar"].update(done - bar["bar"].n)
+        if done == total:
+            bar["bar"].close()
+
+    return update
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="litemedsam",
+                        help="litemedsam (embedded), sam_vit_b/l/h or medsam_vit_b (need --checkpoint)")
+    parser.add_argument("--checkpoint", help="local weights file for a SAM/MedSAM backbone")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ambiguous-sam", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="segment the LIDC-IDRI-0001 nodule (or pydicom's CT slice) and draw it")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--device", default=None)
+    demo.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    demo.add_argument("--samples", type=int, default=16)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+
+    train = commands.add_parser("train", help="train a Probabilistic SAM head on multi-rater crops")
+    train.add_argument("--data", required=True, help="npz in the lidc-crops format (training split)")
+    train.add_argument("--every", type=int, default=1, help="use every N-th slice with a rater mark")
+    train.add_argument("--cache", required=True, help="folder for the fp16 embedding cache")
+    train.add_argument("--out", required=True, help="folder for checkpoints, loss curves and head.pt")
+    train.add_argument("--injection", default="hypernetwork", choices=("hypernetwork", "prompt"))
+    train.add_argument("--latent-dim", type=int, default=6)
+    train.add_argument("--beta", type=float, default=10.0)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--seed", type=int, default=0)
+    _add_model_options(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score heads and baselines with the METHODS.md protocol")
+    evaluate.add_argument("--data", required=True, help="npz in the lidc-crops format")
+    evaluate.add_argument("--samples", type=int, default=16)
+    evaluate.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--head", action="append", help="head file(s); default: the shipped head")
+    evaluate.add_argument("--cache", help="embedding cache folder (reused across runs)")
+    evaluate.add_argument("--json", help="write the summary here")
+    evaluate.add_argument("--save-samples", help="write samples (N, K, H, W) and index (N,) to this npz")
+    _add_model_options(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+    segment = commands.add_parser("segment", help="K candidates + uncertainty for the lesion in a box of a CT volume")
+    segment.add_argument("input", nargs="?", help=".nrrd, .nii(.gz), .mha or a DICOM series folder")
+    segment.add_argument("--box", nargs=4, type=float, metavar=("I0", "J0", "I1", "J1"), help="voxel box on --slice")
+    segment.add_argument("--slice", type=int, metavar="K", help="axial slice index of the box")
+    segment.add_argument("--box-ras", nargs=6, type=float, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"))
+    segment.add_argument("--box-lps", nargs=6, type=float, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"))
+    segment.add_argument("-o", "--out", help="output folder (written atomically)")
+    segment.add_argument("--batch", help="CSV of jobs: input,out,i0,j0,i1,j1,slice[,samples,seed]")
+    segment.add_argument("--samples", type=int, default=16)
+    segment.add_argument("--seed", type=int, default=0)
+    segment.add_argument("--head", default="default", help="'default' (shipped LIDC head), 'deterministic' or a path")
+    segment.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    segment.add_argument("--allow-non-ct", action="store_true", help="segment volumes that are not CT in HU")
+    _add_model_options(segment)
+    segment.set_defaults(run=_segment, precision="bf16")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except AmbiguousSAMError as error:
+        print(f"ambiguous-sam: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The 3D path on a real CT with four radiologists, and on a synthetic oblique, anisotropic volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from AmbiguousSAMLib.errors import InvalidBoxError, InvalidImageError
+from AmbiguousSAMLib.metrics import dice, generalized_energy_distance
+from AmbiguousSAMLib.segmenter import LesionSegmenter
+
+from conftest import LIDC_DEMO_CT
+
+LIDC_SLICE = 89
+LIDC_BOX = (296, 338, 338, 388)
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> LesionSegmenter:
+    return LesionSegmenter(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lidc():
+    if not LIDC_DEMO_CT.is_file():
+        pytest.skip(f"LIDC-IDRI-0001 is not at {LIDC_DEMO_CT} (shared data absent in this checkout)")
+    image = sitk.ReadImage(str(LIDC_DEMO_CT))
+    folder = LIDC_DEMO_CT.parent / "nodule-1"
+    raters = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"rater-{r}.nrrd"))).astype(bool)
+                       for r in range(1, 5)])
+    return sitk.GetArrayFromImage(image), image.GetSpacing(), raters
+
+
+def lesion_ged(candidates: np.ndarray, raters: np.ndarray, region: tuple[slice, ...]) -> float:
+    return generalized_energy_distance(candidates[(slice(None), *region)], raters[(slice(None), *region)])
+
+
+def test_lidc_nodule_candidates_against_four_radiologists(segmenter: LesionSegmenter, lidc) -> None:
+    volume, spacing, raters = lidc
+    result = segmenter.segment(volume, LIDC_BOX, LIDC_SLICE, spacing, samples=16, seed=0)
+    candidates = result.paste(result.candidates)
+    union = raters.any(axis=0)
+    assert result.candidates.shape[0] == 16
+    for i, candidate in enumerate(candidates):
+        assert (candidate & union).any(), f"candidate {i + 1} misses the nodule"
+    consensus = result.paste(result.consensus)
+    per_rater = [dice(consensus[None], r[None]) for r in raters]
+    # 3D GED on the box around candidates and raters, against the deterministic mask in the same box.
+    single = LesionSegmenter(head="deterministic", device="cpu").segment(volume, LIDC_BOX, LIDC_SLICE, spacing,
+                                                                           samples=1, seed=0)
+    both = candidates.any(axis=0) | union | single.paste(single.candidates)[0]
+    region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(both))
+    ged = lesion_ged(candidates, raters, region)
+    ged_single = lesion_ged(single.paste(single.candidates), raters, region)
+    print(f"3D consensus Dice per radiologist {np.round(per_rater, 3).tolist()}; slices {result.info['slices']}; "
+          f"3D GED {ged:.3f} vs deterministic {ged_single:.3f}")
+    assert min(per_rater) > 0.6
+    assert ged < ged_single
+    assert result.mean_probability.shape == result.consensus.shape
+    assert np.all(result.mutual_information >= 0) and np.all(result.entropy >= result.mutual_information - 1e-6)
+
+
+def test_same_seed_same_candidates_and_reruns_only_decode(segmenter: LesionSegmenter, lidc) -> None:
+    volume, spacing, _ = lidc
+    first = segmenter.segment(volume, LIDC_BOX, LIDC_SLICE, spacing, samples=8, seed=3)
+    cached = set(segmenter._embeddings)
+    again = segmenter.segment(volume, LIDC_BOX, LIDC_SLICE, spacing, samples=8, seed=3)
+    np.testing.assert_array_equal(first.candidates, again.candidates)
+    np.testing.assert_array_equal(first.entropy, again.entropy)
+    fewer = segmenter.segment(volume, LIDC_BOX, LIDC_SLICE, spacing, samples=4, seed=3, propagate=False)
+    assert {key[1] for key in segmenter._embeddings} >= {key[1] for key in cached}
+    assert fewer.candidates.shape[0] == 4 and set(segmenter._embeddings) == cached
+
+
+def synthetic_ct(direction: tuple[float, ...], spacing: tuple[float, float, float]) -> sitk.Image:
+    """Lung-like background with a 'nodule' (a soft-tissue ellipsoid) and a wall, on an oblique grid."""
+    k, j, i = np.mgrid[:12, :96, :96]
+    volume = np.full((12, 96, 96), -850, np.int16)
+    volume[:, :, 80:] = 40  # chest wall
+    nodule = ((i - 40) * spacing[0]) ** 2 + ((j - 48) * spacing[1]) ** 2 + ((k - 6) * spacing[2]) ** 2 <= 7.0 ** 2
+    volume[nodule] = 30
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-12.5, 40.0, -100.0))
+    image.SetDirection(direction)
+    return image
+
+
+OBLIQUE = tuple(sitk.VersorTransform((0.2, 0.3, 1.0), 0.35).GetMatrix())
+
+
+def test_synthetic_oblique_anisotropic_nodule_is_found(segmenter: LesionSegmenter) -> None:
+    image = synthetic_ct(OBLIQUE, (0.6, 0.8, 1.5))
+    volume = sitk.GetArrayFromImage(image)
+    result = segmenter.segment(volume, (28, 36, 52, 60), 6, image.GetSpacing(), samples=8, seed=0)
+    truth = volume == 30
+    consensus = result.paste(result.consensus)
+    print(f"synthetic nodule Dice {dice(consensus[None], truth[None]):.3f}, slices {result.info['slices']}")
+    assert dice(consensus[None], truth[None]) > 0.6
+
+
+@pytest.mark.parametrize("box, slice_k, message", [
+    ((200, 200, 240, 240), 6, "outside"),
+    ((30, 30, 30, 50), 6, "zero size"),
+    ((50, 30, 30, 50), 6, "inverted"),
+    ((30, 30, 50, 50), 40, "outside the volume"),
+])
+def test_bad_boxes(segmenter: LesionSegmenter, box, slice_k: int, message: str) -> None:
+    volume = sitk.GetArrayFromImage(synthetic_ct((1, 0, 0, 0, 1, 0, 0, 0, 1), (1.0, 1.0, 1.0)))
+    with pytest.raises(InvalidBoxError, match=message):
+        segmenter.segment(volume, box, slice_k, (1.0, 1.0, 1.0), samples=2)
+
+
+@pytest.mark.parametrize("shape, message", [((96, 96), "3D volume.*single slice"), ((2, 3, 96, 96), "3D volume")])
+def test_2d_and_4d_input_are_refused(segmenter: LesionSegmenter, shape, message: str) -> None:
+    with pytest.raises(InvalidImageError, match=message):
+        segmenter.segment(np.full(shape, -800, np.int16), (10, 10, 30, 30), 0, samples=2)
+
+
+def test_mr_like_intensities_need_explicit_consent(segmenter: LesionSegmenter) -> None:
+    volume = sitk.GetArrayFromImage(synthetic_ct((1, 0, 0, 0, 1, 0, 0, 0, 1), (1.0, 1.0, 1.0))).astype(np.float32) + 1000
+    with pytest.raises(InvalidImageError, match="not CT|CT in Hounsfield.*--allow-non-ct"):
+        segmenter.segment(volume, (28, 36, 52, 60), 6, samples=2)
+    result = segmenter.segment(volume, (28, 36, 52, 60), 6, samples=2, allow_non_ct=True, propagate=False)
+    assert result.candidates.shape[0] == 2
