@@ -10,10 +10,13 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    import slicer
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPOSITORY / "AmbiguousSAM"
@@ -54,7 +57,7 @@ def oblique_ijk_to_ras() -> np.ndarray:
 
 
 @pytest.fixture
-def mrml_scene() -> Iterator["slicer.vtkMRMLScene"]:  # noqa: F821
+def mrml_scene() -> Iterator[slicer.vtkMRMLScene]:
     """A fresh MRML scene set up as Slicer's application does, without Qt (slicer-core wheel).
 
     `slicer.util` expects `slicer.mrmlScene` and `slicer.modules.<name>.logic()`. The module logics are given the

@@ -1,0 +1,45 @@
+"""The colour map of the uncertainty heatmap: perceptually uniform, dark where the model is sure.
+
+Slicer's file-based colour tables (Inferno, Viridis, ...) are not available everywhere the logic runs (the
+slicer-core wheel has none), so the heatmap gets its own procedural colour node with matplotlib's "inferno" stops.
+Its range is the heatmap's natural one, 0 to ln 2 nats (the entropy of a 50/50 vote), so one colour means the same
+uncertainty on every lesion and the colour legend reads in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import slicer
+
+#: Largest possible binary entropy in nats: every candidate split evenly.
+MAX_ENTROPY_NATS = math.log(2.0)
+
+COLOR_NODE_NAME = "AmbiguousSAM uncertainty"
+#: Attribute that marks the node as this colour map, so it is found again rather than duplicated.
+COLOR_NODE_ATTRIBUTE = "AmbiguousSAM.ColorMap"
+
+#: matplotlib "inferno" sampled at 0, 1/8, ..., 1 (RGB in 0..1).
+INFERNO_STOPS = (
+    (0.001, 0.000, 0.014), (0.129, 0.047, 0.291), (0.342, 0.062, 0.429), (0.541, 0.135, 0.415),
+    (0.736, 0.216, 0.330), (0.894, 0.353, 0.194), (0.978, 0.558, 0.035), (0.975, 0.798, 0.206),
+    (0.988, 0.998, 0.645),
+)
+
+
+def uncertaintyColorNode(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLProceduralColorNode:
+    """The scene's uncertainty colour node, created on first use and shared by every heatmap after that."""
+    existing = scene.GetNodesByClass("vtkMRMLProceduralColorNode")
+    for index in range(existing.GetNumberOfItems()):
+        node = existing.GetItemAsObject(index)
+        if node.GetAttribute(COLOR_NODE_ATTRIBUTE) == "uncertainty":
+            return node
+    node = scene.AddNewNodeByClass("vtkMRMLProceduralColorNode", COLOR_NODE_NAME)
+    node.SetAttribute(COLOR_NODE_ATTRIBUTE, "uncertainty")
+    node.SetAttribute("Category", "AmbiguousSAM")
+    transfer = node.GetColorTransferFunction()
+    transfer.RemoveAllPoints()
+    last = len(INFERNO_STOPS) - 1
+    for index, (red, green, blue) in enumerate(INFERNO_STOPS):
+        transfer.AddRGBPoint(MAX_ENTROPY_NATS * index / last, red, green, blue)
+    return node

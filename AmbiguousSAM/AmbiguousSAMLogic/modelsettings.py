@@ -1,0 +1,31 @@
+"""Which model runs: backbone, ambiguity head, weights, device and precision, as one comparable value.
+
+Loading a model takes seconds, so the logic keeps one loaded and reloads only when these settings change. The
+choices are listed here, without importing the core (which needs torch), so the Slicer module can offer them
+before the Python dependencies are installed; a test keeps them equal to the core's registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Names of AmbiguousSAMLib.modeling.backbone.BACKBONES; only "litemedsam" works without a checkpoint file.
+BACKBONE_CHOICES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
+#: Ambiguity heads: "default" is the shipped Probabilistic SAM head (Resources/Models), "deterministic" the plain
+#: backbone's single mask (the baseline every candidate set is compared with).
+HEAD_CHOICES = ("default", "deterministic")
+#: "auto" is CUDA when a GPU is visible to PyTorch, else the CPU.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Arguments of AmbiguousSAMLib.segmenter.LesionSegmenter, with the module's defaults."""
+
+    backbone: str = "litemedsam"
+    head: str = "default"
+    #: Path of a weights file, needed by every backbone except LiteMedSAM.
+    checkpoint: str | None = None
+    device: str = "auto"
+    #: bf16 autocast, the core's default: about half the encoder time, masks agree with fp32 at Dice ~0.98-0.997.
+    precision: str = "bf16"

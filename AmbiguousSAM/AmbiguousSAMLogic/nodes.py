@@ -1,0 +1,158 @@
+"""Turn one LesionResult into new Slicer nodes on the source volume's exact voxel grid.
+
+Two nodes per click, both new (existing nodes are never touched):
+- a segmentation with one segment per candidate ("Candidate 1".."Candidate K") and the "Consensus", each a binary
+  labelmap with the CT's origin, spacing and axis directions, so candidate voxels coincide with CT voxels;
+- a float32 scalar volume of the per-voxel uncertainty (entropy of the candidates' mean, in nats) with the CT's
+  IJK-to-RAS matrix, coloured by the shared uncertainty colour map.
+Both observe the CT's parent transform, so they stay on the CT when it is moved by a registration.
+Labelmaps are built directly as vtkOrientedImageData covering only the lesion box: no temporary nodes enter the
+scene (slicer.util's array helpers go through a temporary label map volume whose display node stays behind under
+the slicer-core wheel), and a 35 M-voxel CT costs a few kB per candidate.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from AmbiguousSAMLib.errors import InvalidImageError
+from AmbiguousSAMLib.lesion import LesionResult
+
+from .colormap import MAX_ENTROPY_NATS, uncertaintyColorNode
+from .geometry import ijkToRasMatrix
+
+CANDIDATE_SEGMENT_NAME = "Candidate {number}"
+CONSENSUS_SEGMENT_NAME = "Consensus"
+#: Segment tag saying what a segment is ("candidate" or "consensus"), so browsers need not parse names.
+ROLE_TAG = "AmbiguousSAM.Role"
+#: Segment tag with the candidate's expected quality (higher is better), as written by the core.
+SCORE_TAG = "AmbiguousSAM.Score"
+CONSENSUS_COLOR = (1.0, 1.0, 1.0)
+#: Voxels less uncertain than this (nats) are drawn transparent, so the CT shows through away from the edges.
+VISIBLE_UNCERTAINTY_NATS = 0.01
+#: Node attributes that mark this module's outputs, so selectors can list only them.
+CANDIDATES_ATTRIBUTE = "AmbiguousSAM.Candidates"
+UNCERTAINTY_ATTRIBUTE = "AmbiguousSAM.Uncertainty"
+
+
+def candidateColor(index: int) -> tuple[float, float, float]:
+    """A saturated colour for candidate `index`; golden-ratio hue steps keep any K colours far apart."""
+    hue = (0.08 + index * 0.618033988749895) % 1.0
+    return colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+
+
+def checkResultFitsVolume(volumeNode: slicer.vtkMRMLScalarVolumeNode, result: LesionResult) -> None:
+    """Refuse a result computed on a different grid: its voxels would land on the wrong anatomy."""
+    volumeShape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+    if tuple(result.volume_shape) != volumeShape:
+        raise InvalidImageError(
+            f"The result is for a volume of shape {tuple(result.volume_shape)} (k, j, i) but "
+            f"'{volumeNode.GetName()}' has shape {volumeShape}. Run the segmentation on this volume."
+        )
+
+
+def labelmapFromMask(volumeNode: slicer.vtkMRMLScalarVolumeNode, mask: np.ndarray,
+                     offset: tuple[int, int, int]) -> slicer.vtkOrientedImageData:
+    """A binary labelmap (0/1 uint8) on the volume's grid covering the (dk, dj, di) mask placed at offset (k, j, i)."""
+    k0, j0, i0 = offset
+    dk, dj, di = mask.shape
+    labelmap = slicer.vtkOrientedImageData()
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    labelmap.SetImageToWorldMatrix(matrix)
+    labelmap.SetExtent(i0, i0 + di - 1, j0, j0 + dj - 1, k0, k0 + dk - 1)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(mask.shape)
+    voxels[:] = mask.astype(np.uint8)
+    return labelmap
+
+
+def addMaskSegment(segmentationNode: slicer.vtkMRMLSegmentationNode, labelmap: slicer.vtkOrientedImageData,
+                   name: str, color: tuple[float, float, float], tags: dict[str, str]) -> str:
+    """Add one labelmap as a new segment (its own layer, as candidates overlap) and return the segment ID."""
+    segment = slicer.vtkSegment()
+    segment.SetName(name)
+    segment.SetColor(*color)
+    for tag, value in tags.items():
+        segment.SetTag(tag, value)
+    segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), labelmap)
+    segmentation = segmentationNode.GetSegmentation()
+    segmentation.AddSegment(segment)
+    return segmentation.GetSegmentIdBySegment(segment)
+
+
+def createCandidateSegmentation(volumeNode: slicer.vtkMRMLScalarVolumeNode,
+                                result: LesionResult) -> slicer.vtkMRMLSegmentationNode:
+    """A new segmentation node: K candidate segments then the consensus, outlined over the CT."""
+    checkResultFitsVolume(volumeNode, result)
+    scene = volumeNode.GetScene()
+    name = scene.GenerateUniqueName(f"{volumeNode.GetName()} candidates")
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentationNode.SetAttribute(CANDIDATES_ATTRIBUTE, "1")
+    segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    segmentationNode.CreateDefaultDisplayNodes()
+    for index in range(result.num_candidates):
+        addMaskSegment(segmentationNode, labelmapFromMask(volumeNode, result.candidates[index], result.offset),
+                       CANDIDATE_SEGMENT_NAME.format(number=index + 1), candidateColor(index),
+                       {ROLE_TAG: "candidate", SCORE_TAG: f"{float(result.scores[index]):.6g}"})
+    addMaskSegment(segmentationNode, labelmapFromMask(volumeNode, result.consensus, result.offset),
+                   CONSENSUS_SEGMENT_NAME, CONSENSUS_COLOR, {ROLE_TAG: "consensus"})
+    displayNode = segmentationNode.GetDisplayNode()
+    displayNode.SetVisibility2DFill(False)
+    displayNode.SetVisibility2DOutline(True)
+    return segmentationNode
+
+
+def createUncertaintyVolume(volumeNode: slicer.vtkMRMLScalarVolumeNode,
+                            result: LesionResult) -> slicer.vtkMRMLScalarVolumeNode:
+    """A new float32 volume of per-voxel uncertainty (nats) on the CT's grid, coloured 0..ln 2 by inferno."""
+    checkResultFitsVolume(volumeNode, result)
+    scene = volumeNode.GetScene()
+    name = scene.GenerateUniqueName(f"{volumeNode.GetName()} uncertainty")
+    heatmapNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    heatmapNode.SetAttribute(UNCERTAINTY_ATTRIBUTE, "entropy")
+    heatmapNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRasMatrix(volumeNode)))
+    heatmapNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    slicer.util.updateVolumeFromArray(heatmapNode, result.paste(result.entropy.astype(np.float32, copy=False)))
+    heatmapNode.CreateDefaultDisplayNodes()
+    displayNode = heatmapNode.GetDisplayNode()
+    displayNode.SetAndObserveColorNodeID(uncertaintyColorNode(scene).GetID())
+    displayNode.AutoWindowLevelOff()
+    displayNode.SetWindowLevelMinMax(0.0, MAX_ENTROPY_NATS)
+    displayNode.SetThreshold(VISIBLE_UNCERTAINTY_NATS, np.finfo(np.float32).max)
+    displayNode.ApplyThresholdOn()
+    return heatmapNode
+
+
+def segmentIdsWithRole(segmentationNode: slicer.vtkMRMLSegmentationNode, role: str) -> list[str]:
+    """IDs of the segments tagged with `role` ("candidate" or "consensus"), in segment order."""
+    segmentation = segmentationNode.GetSegmentation()
+    found = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        value = vtk.reference("")
+        if segmentation.GetSegment(segmentId).GetTag(ROLE_TAG, value) and str(value) == role:
+            found.append(segmentId)
+    return found
+
+
+def removeOutputNodes(nodes: list[slicer.vtkMRMLDisplayableNode]) -> None:
+    """Remove result nodes together with their display and storage nodes, which the scene would otherwise keep.
+
+    The shared uncertainty colour map stays: other heatmaps may use it.
+    """
+    for node in nodes:
+        scene = node.GetScene()
+        if scene is None:
+            continue
+        companions = [node.GetNthDisplayNode(index) for index in range(node.GetNumberOfDisplayNodes())]
+        companions += [node.GetNthStorageNode(index) for index in range(node.GetNumberOfStorageNodes())]
+        for companion in [*companions, node]:
+            if companion is not None and companion.GetScene() is not None:
+                scene.RemoveNode(companion)

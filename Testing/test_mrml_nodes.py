@@ -1,0 +1,258 @@
+"""Candidates and heatmap as Slicer nodes: voxel-exact on an oblique anisotropic CT, all or nothing, savable.
+
+The LesionResults are built by hand (conftest.make_lesion_result) with real arrays, so these tests need no model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import slicer
+import slicerio
+import vtk
+from vtk.util import numpy_support
+
+from AmbiguousSAMLib.errors import InvalidImageError
+from AmbiguousSAMLogic import (AmbiguousSAMLogic, acceptCandidate, overlayUncertainty, removeOutputNodes,
+                               segmentIdsWithRole, setHeatmapColorNode, showCandidates)
+from AmbiguousSAMLogic.colormap import uncertaintyColorNode
+from AmbiguousSAMLogic.geometry import ijkToRasMatrix
+from AmbiguousSAMLogic.nodes import (CANDIDATES_ATTRIBUTE, ROLE_TAG, SCORE_TAG, UNCERTAINTY_ATTRIBUTE,
+                                     createCandidateSegmentation, createUncertaintyVolume)
+from AmbiguousSAMLogic.rollback import nodeIds, removeAddedNodesOnError
+
+
+@pytest.fixture
+def result(oblique_volume, make_lesion_result):
+    return make_lesion_result(tuple(reversed(oblique_volume.GetImageData().GetDimensions())))
+
+
+def segmentArray(segmentationNode, segmentId, volumeNode) -> np.ndarray:
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+
+
+def tag(segmentationNode, segmentId: str, name: str) -> str:
+    value = vtk.reference("")
+    assert segmentationNode.GetSegmentation().GetSegment(segmentId).GetTag(name, value)
+    return str(value)
+
+
+def test_one_segment_per_candidate_then_the_consensus(oblique_volume, result):
+    segmentationNode = createCandidateSegmentation(oblique_volume, result)
+    segmentation = segmentationNode.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(index) for index in range(segmentation.GetNumberOfSegments())]
+    assert [segmentation.GetSegment(i).GetName() for i in ids] == [
+        "Candidate 1", "Candidate 2", "Candidate 3", "Candidate 4", "Consensus"]
+    assert segmentIdsWithRole(segmentationNode, "candidate") == ids[:4]
+    assert segmentIdsWithRole(segmentationNode, "consensus") == ids[4:]
+    assert [float(tag(segmentationNode, i, SCORE_TAG)) for i in ids[:4]] == pytest.approx(result.scores.tolist())
+    assert tag(segmentationNode, ids[4], ROLE_TAG) == "consensus"
+    colors = {tuple(round(c, 3) for c in segmentation.GetSegment(i).GetColor()) for i in ids}
+    assert len(colors) == 5, "every segment needs its own colour"
+    assert segmentationNode.GetName() == "Oblique CT candidates"
+    assert segmentationNode.GetAttribute(CANDIDATES_ATTRIBUTE) == "1"
+    assert segmentationNode.GetNodeReference(
+        slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is oblique_volume
+
+
+def test_segment_labelmaps_equal_the_pasted_candidates_voxel_for_voxel(oblique_volume, result):
+    segmentationNode = createCandidateSegmentation(oblique_volume, result)
+    candidateIds = segmentIdsWithRole(segmentationNode, "candidate")
+    for index, segmentId in enumerate(candidateIds):
+        expected = result.paste(result.candidates[index]).astype(np.uint8)
+        np.testing.assert_array_equal(segmentArray(segmentationNode, segmentId, oblique_volume), expected)
+    consensusId = segmentIdsWithRole(segmentationNode, "consensus")[0]
+    np.testing.assert_array_equal(segmentArray(segmentationNode, consensusId, oblique_volume),
+                                  result.paste(result.consensus).astype(np.uint8))
+
+
+def test_heatmap_has_the_ct_geometry_and_the_pasted_uncertainty(oblique_volume, oblique_ijk_to_ras, result):
+    heatmapNode = createUncertaintyVolume(oblique_volume, result)
+    np.testing.assert_allclose(ijkToRasMatrix(heatmapNode), oblique_ijk_to_ras, atol=1e-12)
+    np.testing.assert_allclose(heatmapNode.GetOrigin(), oblique_volume.GetOrigin(), atol=1e-12)
+    np.testing.assert_allclose(heatmapNode.GetSpacing(), oblique_volume.GetSpacing(), atol=1e-12)
+    voxels = slicer.util.arrayFromVolume(heatmapNode)
+    assert voxels.dtype == np.float32 and voxels.shape == (24, 40, 48)
+    np.testing.assert_array_equal(voxels, result.paste(result.entropy))
+    assert voxels.max() > 0.5, "the nested candidates disagree at their rims"
+    display = heatmapNode.GetDisplayNode()
+    assert display.GetColorNode() is uncertaintyColorNode(oblique_volume.GetScene())
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((0.0, math.log(2)))
+    assert heatmapNode.GetName() == "Oblique CT uncertainty"
+    assert heatmapNode.GetAttribute(UNCERTAINTY_ATTRIBUTE) == "entropy"
+
+
+def test_outputs_follow_the_ct_parent_transform(mrml_scene, oblique_volume, result):
+    transformNode = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    oblique_volume.SetAndObserveTransformNodeID(transformNode.GetID())
+    segmentationNode, heatmapNode = AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+    assert segmentationNode.GetTransformNodeID() == transformNode.GetID()
+    assert heatmapNode.GetTransformNodeID() == transformNode.GetID()
+
+
+def test_existing_nodes_and_segments_are_untouched(mrml_scene, oblique_volume, result):
+    ownSegmentation = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Radiologist")
+    ownSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(oblique_volume)
+    ownSegmentId = ownSegmentation.GetSegmentation().AddEmptySegment("", "Nodule")
+    ownVoxels = np.zeros((24, 40, 48), dtype=np.uint8)
+    ownVoxels[10:13, 15:20, 20:25] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(ownVoxels, ownSegmentation, ownSegmentId, oblique_volume)
+    idsBefore = nodeIds(mrml_scene)
+    modifiedBefore = {nodeId: mrml_scene.GetNodeByID(nodeId).GetMTime() for nodeId in idsBefore}
+    ctBefore = slicer.util.arrayFromVolume(oblique_volume).copy()
+
+    AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+
+    assert nodeIds(mrml_scene)[:len(idsBefore)] == idsBefore
+    changed = [nodeId for nodeId in idsBefore if mrml_scene.GetNodeByID(nodeId).GetMTime() != modifiedBefore[nodeId]]
+    assert changed == []
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(oblique_volume), ctBefore)
+    assert ownSegmentation.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(segmentArray(ownSegmentation, ownSegmentId, oblique_volume), ownVoxels)
+
+
+def test_repeated_runs_get_unique_names_and_share_one_colour_map(mrml_scene, oblique_volume, result):
+    logic = AmbiguousSAMLogic()
+    first = logic.createOutputNodes(oblique_volume, result)
+    second = logic.createOutputNodes(oblique_volume, result)
+    assert len({node.GetName() for node in first + second}) == 4
+    colorNodes = {node.GetDisplayNode().GetColorNodeID() for node in (first[1], second[1])}
+    assert colorNodes == {uncertaintyColorNode(mrml_scene).GetID()}
+    assert len(slicer.util.getNodes("AmbiguousSAM uncertainty*", scene=mrml_scene)) == 1
+
+
+def test_a_result_for_another_volume_is_refused_and_nothing_is_added(mrml_scene, oblique_volume, make_lesion_result):
+    before = nodeIds(mrml_scene)
+    with pytest.raises(InvalidImageError, match="Run the segmentation on this volume"):
+        AmbiguousSAMLogic().createOutputNodes(oblique_volume, make_lesion_result((30, 40, 48)))
+    assert nodeIds(mrml_scene) == before
+
+
+def test_half_built_outputs_are_removed_when_building_fails(mrml_scene, oblique_volume, result):
+    result.entropy = result.entropy[:, :-1]  # malformed: the heatmap cannot be pasted after the segmentation is built
+    before = nodeIds(mrml_scene)
+    with pytest.raises(ValueError):
+        AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+    assert nodeIds(mrml_scene) == before
+
+
+def test_rollback_removes_every_node_added_in_the_block(mrml_scene, oblique_volume):
+    before = nodeIds(mrml_scene)
+    with pytest.raises(KeyboardInterrupt), removeAddedNodesOnError(mrml_scene):
+        mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode").CreateDefaultDisplayNodes()
+        mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        raise KeyboardInterrupt
+    assert nodeIds(mrml_scene) == before
+
+
+def test_saved_seg_nrrd_reads_back_with_segment_names_and_voxel_counts(mrml_scene, oblique_volume, result, tmp_path):
+    segmentationNode = createCandidateSegmentation(oblique_volume, result)
+    path = tmp_path / "candidates.seg.nrrd"
+    storageNode = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storageNode.SetFileName(str(path))
+    segmentationNode.SetAndObserveStorageNodeID(storageNode.GetID())
+    assert storageNode.WriteData(segmentationNode)
+
+    segmentation = slicerio.read_segmentation(str(path))
+    voxels = segmentation["voxels"]
+    layered = voxels if voxels.ndim == 4 else voxels[np.newaxis]
+    counts = {segment["name"]: int((layered[segment.get("layer", 0)] == segment["labelValue"]).sum())
+              for segment in segmentation["segments"]}
+    expected = {f"Candidate {index + 1}": int(mask.sum()) for index, mask in enumerate(result.candidates)}
+    expected["Consensus"] = int(result.consensus.sum())
+    assert counts == expected
+
+
+def test_accepting_a_candidate_replaces_the_target_segment_or_adds_one(mrml_scene, oblique_volume, result):
+    candidatesNode = createCandidateSegmentation(oblique_volume, result)
+    secondCandidate = segmentIdsWithRole(candidatesNode, "candidate")[1]
+    target = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Radiologist")
+    target.SetReferenceImageGeometryParameterFromVolumeNode(oblique_volume)
+    noduleId = target.GetSegmentation().AddEmptySegment("", "Nodule")
+    otherId = target.GetSegmentation().AddEmptySegment("", "Other")
+    oldNodule = np.zeros((24, 40, 48), dtype=np.uint8)
+    oldNodule[1:3, 1:3, 1:3] = 1
+    other = np.zeros((24, 40, 48), dtype=np.uint8)
+    other[20:23, 30:35, 40:45] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(oldNodule, target, noduleId, oblique_volume)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(other, target, otherId, oblique_volume)
+
+    assert acceptCandidate(candidatesNode, secondCandidate, target, noduleId) == noduleId
+    expected = result.paste(result.candidates[1]).astype(np.uint8)
+    np.testing.assert_array_equal(segmentArray(target, noduleId, oblique_volume), expected)
+    np.testing.assert_array_equal(segmentArray(target, otherId, oblique_volume), other)
+
+    newId = acceptCandidate(candidatesNode, secondCandidate, target)
+    assert target.GetSegmentation().GetSegment(newId).GetName() == "Candidate 2"
+    np.testing.assert_array_equal(segmentArray(target, newId, oblique_volume), expected)
+
+
+def filledVoxelsInCtIndices(labelmap, ctIjkToRas: np.ndarray) -> set[tuple[int, int, int]]:
+    """CT (i, j, k) indices of a labelmap's nonzero voxels, located through the labelmap's own geometry."""
+    extent = labelmap.GetExtent()
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(shape)
+    ijk = (np.argwhere(voxels) + [extent[4], extent[2], extent[0]])[:, ::-1]
+    imageToWorld = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(imageToWorld)
+    toCt = np.linalg.inv(ctIjkToRas) @ slicer.util.arrayFromVTKMatrix(imageToWorld)
+    inCt = (np.hstack([ijk, np.ones((len(ijk), 1))]) @ toCt.T)[:, :3]
+    np.testing.assert_allclose(inCt, np.round(inCt), atol=1e-6)
+    return {tuple(int(v) for v in row) for row in np.round(inCt)}
+
+
+def test_accepting_into_a_segmentation_under_another_transform_keeps_the_world_position(
+        mrml_scene, oblique_volume, oblique_ijk_to_ras, result):
+    candidatesNode = createCandidateSegmentation(oblique_volume, result)
+    # The target sits under a shift of exactly one voxel along i, so in its own frame the same world voxels are
+    # one index lower along i.
+    shift = np.eye(4)
+    shift[:3, 3] = oblique_ijk_to_ras[:3, 0]
+    transformNode = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    target = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Registered")
+    target.SetAndObserveTransformNodeID(transformNode.GetID())
+    segmentId = acceptCandidate(candidatesNode, segmentIdsWithRole(candidatesNode, "candidate")[0], target)
+
+    local = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(target, segmentId, local, False)
+    k0, j0, i0 = result.offset
+    expected = {(int(i) + i0 - 1, int(j) + j0, int(k) + k0) for k, j, i in np.argwhere(result.candidates[0])}
+    assert filledVoxelsInCtIndices(local, oblique_ijk_to_ras) == expected
+
+
+def test_show_one_candidate_or_all_of_them(oblique_volume, result):
+    segmentationNode = createCandidateSegmentation(oblique_volume, result)
+    display = segmentationNode.GetDisplayNode()
+    candidateIds = segmentIdsWithRole(segmentationNode, "candidate")
+    consensusId = segmentIdsWithRole(segmentationNode, "consensus")[0]
+    showCandidates(segmentationNode, 2)
+    assert [display.GetSegmentVisibility(i) for i in candidateIds] == [False, False, True, False]
+    assert not display.GetSegmentVisibility(consensusId)
+    showCandidates(segmentationNode, None)
+    assert all(display.GetSegmentVisibility(i) for i in candidateIds + [consensusId])
+    with pytest.raises(IndexError, match="4 candidates"):
+        showCandidates(segmentationNode, 4)
+
+
+def test_heatmap_overlay_and_colour_map_in_the_slice_views(mrml_scene, oblique_volume, result):
+    heatmapNode = createUncertaintyVolume(oblique_volume, result)
+    views = [mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    overlayUncertainty(oblique_volume, heatmapNode, 0.4)
+    for view in views:
+        assert view.GetBackgroundVolumeID() == oblique_volume.GetID()
+        assert view.GetForegroundVolumeID() == heatmapNode.GetID()
+        assert view.GetForegroundOpacity() == pytest.approx(0.4)
+    grey = mrml_scene.GetFirstNodeByName("Grey")
+    setHeatmapColorNode(heatmapNode, grey)
+    assert heatmapNode.GetDisplayNode().GetColorNodeID() == grey.GetID()
+
+
+def test_removing_outputs_takes_their_display_nodes_but_keeps_the_shared_colour_map(mrml_scene, oblique_volume, result):
+    before = nodeIds(mrml_scene)
+    outputs = AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+    colorNodeId = uncertaintyColorNode(mrml_scene).GetID()
+    removeOutputNodes(list(outputs))
+    assert nodeIds(mrml_scene) == before + [colorNodeId]
