@@ -35,14 +35,15 @@ def _train(args: argparse.Namespace) -> None:
     with np.load(args.data) as data:
         rows = rows_with_raters(data["masks"])[:: args.every]
     cache = EmbeddingCache(args.cache)
-    if not cache.is_complete() or cache.meta()["settings"]["rows"] != len(rows):
-        print(f"encoding {len(rows)} crops into {args.cache} (once; resumable)", file=sys.stderr)
-        cache.build(args.data, rows, predictor, progress=_progress("encode"))
+    wanted = len(rows) if args.encode_limit is None else min(args.encode_limit, len(rows))
+    if cache.meta().get("done", 0) < wanted or cache.meta()["settings"]["rows"] != len(rows):
+        print(f"encoding {wanted} of {len(rows)} crops into {args.cache} (once; resumable)", file=sys.stderr)
+        cache.build(args.data, rows, predictor, progress=_progress("encode"), limit=args.encode_limit)
     config = TrainConfig(injection=args.injection, latent_dim=args.latent_dim, beta=args.beta,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed,
                          device=str(predictor.device))
-    path = train(cache, predictor.backbone, config, args.out)
-    print(f"wrote {path}")
+    path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after)
+    print(f"wrote {path}" if path else f"stopped after {args.stop_after} steps; run the same command to continue")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -154,16 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="npz in the lidc-crops format (training split)")
     train.add_argument("--every", type=int, default=1, help="use every N-th slice with a rater mark")
     train.add_argument("--cache", required=True, help="folder for the fp16 embedding cache")
+    train.add_argument("--encode-limit", type=int, help="encode (and train on) only the first N crops of the subset")
     train.add_argument("--out", required=True, help="folder for checkpoints, loss curves and head.pt")
     train.add_argument("--injection", default="hypernetwork", choices=("hypernetwork", "prompt"))
     train.add_argument("--latent-dim", type=int, default=6)
     train.add_argument("--beta", type=float, default=10.0)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--stop-after", type=int, help="end this run after N steps (resume later)")
     _add_model_options(train)
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, precision="bf16")
 
     evaluate = commands.add_parser("evaluate", help="score heads and baselines with the METHODS.md protocol")
     evaluate.add_argument("--data", required=True, help="npz in the lidc-crops format")

@@ -24,29 +24,41 @@ def box_channel(box: torch.Tensor, image_size: int, side: int = 64) -> torch.Ten
 
 
 class GaussianLatentNet(nn.Module):
-    """Embedding (+ extra channels, the first being the box indicator) -> diagonal Gaussian (mu, log_sigma).
+    """Embedding + box indicator (+ a rater's mask, for the posterior) -> diagonal Gaussian (mu, log_sigma).
 
-    Features are pooled twice: over the whole image and over the box only. A nodule covers ~2% of the
-    embedding grid, so a global average alone dilutes the one thing the posterior must see (how much of the
-    box this rater marked, if anything) until the decoder learns to ignore z (posterior collapse).
+    Features are pooled over the whole image and over the box. The posterior also pools them under the mask
+    and sees the fraction of the box the mask covers: a nodule covers ~2% of the embedding grid, and with
+    the mask as just one more input channel the posterior learned nothing in 300 steps (seen here) while
+    the decoder learned to ignore z. These summaries hand it what distinguishes raters: whether they marked
+    the lesion, how much of it, and where.
     """
 
-    def __init__(self, extra_channels: int, latent_dim: int, width: int = 64) -> None:
+    def __init__(self, latent_dim: int, with_mask: bool, width: int = 64) -> None:
         super().__init__()
+        self.with_mask = with_mask
         self.features = nn.Sequential(
-            nn.Conv2d(256 + extra_channels, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(256 + 1 + int(with_mask), width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
         )
-        self.hidden = nn.Linear(2 * width, width)
+        self.hidden = nn.Linear((3 if with_mask else 2) * width + 2 * int(with_mask), width)
         self.out = nn.Linear(width, 2 * latent_dim)
 
-    def forward(self, embedding: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features(torch.cat([embedding, extra], dim=1))
-        box = F.avg_pool2d(extra[:, :1], 2)
-        in_box = (features * box).sum(dim=(2, 3)) / box.sum(dim=(2, 3)).clamp(min=1.0)
-        pooled = torch.cat([features.mean(dim=(2, 3)), in_box], dim=1)
-        mu, log_sigma = self.out(F.relu(self.hidden(pooled))).chunk(2, dim=1)
+    def forward(self, embedding: torch.Tensor, box: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`box` and `mask` are (B, 1, 64, 64) maps on the embedding grid (mask: fraction of each cell marked)."""
+        inputs = [embedding, box] + ([mask] if self.with_mask else [])
+        features = self.features(torch.cat(inputs, dim=1))
+        pooled = [features.mean(dim=(2, 3)), _weighted_mean(features, F.avg_pool2d(box, 2))]
+        if self.with_mask:
+            coverage = mask.sum(dim=(2, 3)) / box.sum(dim=(2, 3)).clamp(min=1.0)
+            pooled += [_weighted_mean(features, F.avg_pool2d(mask, 2)), coverage, (coverage > 0).to(coverage.dtype)]
+        mu, log_sigma = self.out(F.relu(self.hidden(torch.cat(pooled, dim=1)))).chunk(2, dim=1)
         return mu, log_sigma.clamp(*LOG_SIGMA_RANGE)
+
+
+def _weighted_mean(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Average of (B, C, h, w) features under (B, 1, h, w) weights; zeros where the weights are all zero."""
+    return (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1e-6)
 
 
 def kl_divergence(q: tuple[torch.Tensor, torch.Tensor], p: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

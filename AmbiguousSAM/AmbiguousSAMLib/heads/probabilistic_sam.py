@@ -4,12 +4,14 @@ Two places to inject z, one class:
 - "prompt" (the paper's): MLP(z) is added to the two box tokens, so each sample runs the decoder's
   two-way transformer; K samples cost K decoder passes.
 - "hypernetwork" (ours, fast): the transformer and upscaling run once per box; z only shifts the mask
-  weights the hypernetwork produces from the mask token (plus a per-sample logit offset, which lets a sample
-  grow, shrink or vanish). K samples then cost one decoder pass and K dot products.
+  weights the hypernetwork produces from the mask token, and adds a logit offset that is linear in z (it
+  lets a sample grow, shrink or vanish, and gives z a direct path: routed only through the MLP, whose input
+  is dominated by the 256-d token, z was ignored and the posterior collapsed). K samples then cost one
+  decoder pass and K dot products.
 The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
 and the hypernetwork MLPs are trained: back-propagating through the decoder's transformer costs ~0.7 s per
 crop on a CPU, ten times the rest, so its body stays frozen (and, for the hypernetwork injection, runs without
-autograd). The new layers start at zero, so an untrained head reproduces the backbone's deterministic mask.
+autograd). The new layers start near zero, so an untrained head stays close to the backbone's deterministic mask.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ from .sampler import Samples, generator_for
 INJECTIONS = ("hypernetwork", "prompt")
 
 
-def _zero_last(mlp: nn.Sequential) -> nn.Sequential:
-    nn.init.zeros_(mlp[-1].weight)
+def _small_last(mlp: nn.Sequential) -> nn.Sequential:
+    """Start the z branch near zero but not at it: with exactly zero weights no reconstruction gradient reaches
+    the posterior at first, while the (Adam-normalised) KL gradient does, and the posterior collapses."""
+    nn.init.normal_(mlp[-1].weight, std=1e-2)
     nn.init.zeros_(mlp[-1].bias)
     return mlp
+
+
+def _detached(gaussian: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return gaussian[0].detach(), gaussian[1].detach()
 
 
 class ProbabilisticSAM(nn.Module):
@@ -47,13 +55,13 @@ class ProbabilisticSAM(nn.Module):
         self.image_size = backbone.image_size
         self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
         self.mask_decoder = copy.deepcopy(backbone.mask_decoder)
-        self.prior = GaussianLatentNet(extra_channels=1, latent_dim=latent_dim)
-        self.posterior = GaussianLatentNet(extra_channels=2, latent_dim=latent_dim)
+        self.prior = GaussianLatentNet(latent_dim, with_mask=False)
+        self.posterior = GaussianLatentNet(latent_dim, with_mask=True)
         if injection == "prompt":
-            self.z_to_prompt = _zero_last(nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 256)))
+            self.z_to_prompt = _small_last(nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 256)))
         else:
-            self.z_to_weights = _zero_last(
-                nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32 + 1)))
+            self.z_to_weights = _small_last(nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32)))
+            self.z_to_offset = nn.Linear(latent_dim, 1)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
@@ -79,20 +87,25 @@ class ProbabilisticSAM(nn.Module):
         token = state.mask_tokens[:, 0]
         base = mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
         delta = self.z_to_weights(torch.cat([token[:, None].expand(-1, samples, -1), z], dim=2))
-        logits = masks_from_weights(base[:, None] + delta[..., :32], state.upscaled) + delta[..., 32, None, None]
+        offset = self.z_to_offset(z)[..., None]
+        logits = masks_from_weights(base[:, None] + delta, state.upscaled) + offset
         iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, :1].expand(batch, samples)
         return logits, iou
 
     def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor,
-                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One posterior sample per image: logits (B, 256, 256) and KL(q || p) (B,) for the loss."""
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One posterior sample per image: logits (B, 256, 256) and two views of KL(q || p) (B,) each.
+
+        The first KL trains only the prior (posterior detached), the second only the posterior (prior
+        detached), so the loss can grant the posterior "free bits" without leaving the prior untrained.
+        """
         box_map = box_channel(boxes, self.image_size)
         target_map = F.adaptive_avg_pool2d(targets[:, None].float(), box_map.shape[-2:])
         prior = self.prior(embeddings, box_map)
-        posterior = self.posterior(embeddings, torch.cat([box_map, target_map], dim=1))
+        posterior = self.posterior(embeddings, box_map, target_map)
         z = posterior[0] + torch.exp(posterior[1]) * torch.randn_like(posterior[0])
         logits, _ = self.decode(embeddings, boxes, z[:, None])
-        return logits[:, 0], kl_divergence(posterior, prior)
+        return logits[:, 0], kl_divergence(_detached(posterior), prior), kl_divergence(posterior, _detached(prior))
 
     @torch.no_grad()
     def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:

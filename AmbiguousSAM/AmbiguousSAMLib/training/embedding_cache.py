@@ -56,8 +56,12 @@ class EmbeddingCache:
         return np.load(self.folder / "embeddings.npy", mmap_mode="r")
 
     def build(self, data: str | Path, rows: np.ndarray, predictor: Predictor, max_shift: int = 12,
-              seed: int = 0, progress: Callable[[int, int], None] | None = None) -> None:
-        """Encode `rows` of the npz `data` (resuming a partial cache built with the same arguments)."""
+              seed: int = 0, progress: Callable[[int, int], None] | None = None, limit: int | None = None) -> None:
+        """Encode `rows` of the npz `data` (resuming a partial cache built with the same arguments).
+
+        `limit` stops after the first `limit` rows are encoded: training then uses that prefix, and a later
+        call with a larger (or no) limit continues where this one stopped.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         settings = {"data": str(Path(data).resolve()), "rows": int(len(rows)), "max_shift": max_shift,
                     "seed": seed, "backbone": predictor.backbone.spec.name, "precision": predictor.precision}
@@ -75,12 +79,13 @@ class EmbeddingCache:
             self.meta_path.write_text(json.dumps(meta))
         images = self.crops()["images"]
         store = np.load(self.folder / "embeddings.npy", mmap_mode="r+")
-        for i in range(meta["done"], meta["count"]):
+        end = meta["count"] if limit is None else min(limit, meta["count"])
+        for i in range(meta["done"], end):
             model_input, _ = predictor.prepare(images[i])
             store[i] = predictor.encode(model_input)[0].to(torch.float16).cpu().numpy()
-            if (i + 1) % 50 == 0 or i + 1 == meta["count"]:
+            if (i + 1) % 50 == 0 or i + 1 == end:
                 store.flush()
                 meta["done"] = i + 1
                 self.meta_path.write_text(json.dumps(meta))
             if progress is not None:
-                progress(i + 1, meta["count"])
+                progress(i + 1, end)

@@ -27,12 +27,13 @@ class TrainConfig:
     injection: str = "hypernetwork"
     latent_dim: int = 6
     beta: float = 10.0
-    #: The KL weight ramps from 0 to beta over this fraction of the steps, so the decoder learns to use z
-    #: before the KL can pull the posterior onto the prior (the usual guard against posterior collapse).
-    kl_warmup: float = 0.2
+    #: KL(q || p) per image below which the posterior is not pulled towards the prior (free bits).
+    free_nats: float = 3.0
     batch_size: int = 8
     steps: int = 2000
-    lr: float = 3e-4
+    #: New layers (latent nets, z branch) learn at `lr`; SAM's pretrained hypernetwork MLPs at `lr / 10`.
+    #: At 3e-4 the z branch grew too slowly and the posterior collapsed before it mattered (seen here).
+    lr: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 50
     device: str = "cpu"
@@ -40,8 +41,12 @@ class TrainConfig:
 
 
 def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: str | Path,
-          show_progress: bool = True) -> Path:
-    """Train (or resume) and return the path of the final head file `out/head.pt`."""
+          show_progress: bool = True, stop_after: int | None = None) -> Path | None:
+    """Train (or resume) and return the path of the final head file `out/head.pt`.
+
+    `stop_after` ends this call after that many steps (checkpointed), so CPU training can be split across
+    sessions; the same command continues it. Returns None when stopped before the last step.
+    """
     from tqdm import tqdm  # imported here: only training needs it
 
     out = Path(out)
@@ -52,8 +57,12 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     trainable = head.trainable_parameters()
     for name, parameter in head.named_parameters():
         parameter.requires_grad_(name in trainable)
-    optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+    pretrained = [p for name, p in trainable.items() if name.startswith("mask_decoder.")]
+    new = [p for name, p in trainable.items() if not name.startswith("mask_decoder.")]
+    rates = [config.lr, config.lr / 10]
+    optimizer = torch.optim.AdamW([{"params": new, "lr": rates[0]}, {"params": pretrained, "lr": rates[1]}],
+                                  weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rates, total_steps=config.steps,
                                                     pct_start=0.05)
     history: list[dict] = []
     start = 0
@@ -73,27 +82,31 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     embeddings = cache.embeddings()
     available = cache.meta()["done"]
     head.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not show_progress,
+    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not show_progress,
                desc=f"train {config.injection}")
     for step in bar:
         rows = rng.choice(available, size=config.batch_size, replace=False)
         batch = make_batch(rng, embeddings, crops["masks"], rows, backbone.image_size)
-        logits, kl = head.forward_train(batch.embeddings.to(device), batch.boxes.to(device), batch.targets.to(device))
-        ramp = min(1.0, step / max(config.kl_warmup * config.steps, 1.0))
-        losses = probabilistic_sam_loss(logits, batch.targets.to(device), kl, config.beta * ramp)
+        logits, kl_prior, kl_posterior = head.forward_train(batch.embeddings.to(device), batch.boxes.to(device),
+                                                            batch.targets.to(device))
+        losses = probabilistic_sam_loss(logits, batch.targets.to(device), kl_prior, kl_posterior, config.beta,
+                                        config.free_nats)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
         scheduler.step()
         history.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
         bar.set_postfix(loss=f"{history[-1]['total']:.3f}", kl=f"{history[-1]['kl']:.2f}")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
             tmp = last.with_suffix(".tmp")
             torch.save({"config": asdict(config), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "history": history, "step": step + 1,
                         "torch_rng": torch.get_rng_state()}, tmp)
             tmp.replace(last)
             plot_losses(history, out / "loss.png")
+    if end < config.steps:
+        return None
     final = out / "head.pt"
     save_head(head.eval(), final, backbone.spec.name,
               extra={"train": asdict(config), "cache": cache.meta()["settings"], "rows_used": int(available)})

@@ -1,0 +1,86 @@
+"""Ambiguity heads and baselines: K samples per box, seeded, batched; both injections behind one interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from AmbiguousSAMLib.heads.baselines import BoxJitter, Deterministic, MCDropout, Multimask
+from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+from AmbiguousSAMLib.heads.latent import box_channel, kl_divergence
+from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
+from AmbiguousSAMLib.errors import CheckpointError
+from AmbiguousSAMLib.modeling.backbone import Backbone, build_backbone
+
+
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    return build_backbone()
+
+
+@pytest.fixture(scope="module")
+def embedding() -> torch.Tensor:
+    return torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(0))
+
+
+BOX = torch.tensor([[80.0, 90.0, 160.0, 170.0]])
+
+
+def test_box_channel_marks_the_box_on_the_embedding_grid() -> None:
+    grid = box_channel(torch.tensor([[0.0, 0.0, 63.0, 127.0]]), image_size=256)
+    assert grid.shape == (1, 1, 64, 64)
+    assert grid[0, 0, :32, :16].all() and not grid[0, 0, 32:, :].any() and not grid[0, 0, :, 16:].any()
+
+
+def test_kl_of_identical_gaussians_is_zero_and_known_otherwise() -> None:
+    mu, log_sigma = torch.zeros(1, 6), torch.zeros(1, 6)
+    assert float(kl_divergence((mu, log_sigma), (mu, log_sigma))) == 0.0
+    # KL(N(1, 1) || N(0, 1)) = 0.5 per dimension.
+    assert float(kl_divergence((mu + 1, log_sigma), (mu, log_sigma))) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("injection", ["hypernetwork", "prompt"])
+def test_probabilistic_sam_samples_are_seeded_and_diverse(backbone: Backbone, embedding: torch.Tensor,
+                                                          injection: str) -> None:
+    head = ProbabilisticSAM(backbone, injection=injection).eval()
+    with torch.no_grad():  # make z matter visibly, as a trained head does
+        branch = head.z_to_prompt if injection == "prompt" else head.z_to_weights
+        branch[-1].weight.normal_(std=0.5)
+    first = head.sample(embedding, BOX, k=5, seed=7)
+    again = head.sample(embedding, BOX, k=5, seed=7)
+    other = head.sample(embedding, BOX, k=5, seed=8)
+    assert first.logits.shape == (5, 256, 256) and first.scores.shape == (5,)
+    assert torch.equal(first.logits, again.logits)
+    assert not torch.equal(first.logits, other.logits)
+    assert float((first.logits[0] - first.logits[1]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("sampler_class", [Deterministic, BoxJitter, Multimask, MCDropout])
+def test_baselines_share_the_interface(backbone: Backbone, embedding: torch.Tensor, sampler_class) -> None:
+    sampler = sampler_class(backbone)
+    drawn = sampler.sample(embedding, BOX, k=4, seed=0)
+    assert drawn.logits.shape == (4, 256, 256) and drawn.scores.shape == (4,)
+    assert torch.equal(drawn.logits, sampler.sample(embedding, BOX, k=4, seed=0).logits)
+    distinct = len({tuple(l.flatten()[:4096].tolist()) for l in drawn.logits})
+    assert distinct == (1 if sampler_class is Deterministic else 3 if sampler_class is Multimask else 4)
+
+
+def test_head_checkpoint_round_trip_and_wrong_backbone(backbone: Backbone, tmp_path) -> None:
+    head = ProbabilisticSAM(backbone, injection="hypernetwork", latent_dim=4)
+    path = tmp_path / "head.pt"
+    save_head(head, path, "litemedsam")
+    loaded = load_head(backbone, path)
+    assert loaded.latent_dim == 4 and loaded.injection == "hypernetwork"
+    for name, p in head.trainable_parameters().items():
+        assert torch.equal(p, loaded.trainable_parameters()[name])
+    save_head(head, path, "sam_vit_b")
+    with pytest.raises(CheckpointError, match="trained on backbone 'sam_vit_b'"):
+        load_head(backbone, path)
+    with pytest.raises(CheckpointError, match="No trained head"):
+        load_head(backbone, tmp_path / "absent.pt")
+
+
+def test_shipped_head_loads(backbone: Backbone) -> None:
+    assert DEFAULT_HEAD.is_file(), f"the trained head must ship at {DEFAULT_HEAD}"
+    head = load_head(backbone)
+    assert head.injection in ("hypernetwork", "prompt") and head.latent_dim == 6

@@ -1,0 +1,86 @@
+"""Training on real multi-rater crops: embedding cache, random rater targets, resume, loss curves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from AmbiguousSAMLib.crops import rows_with_raters
+from AmbiguousSAMLib.heads.checkpoint import load_head
+from AmbiguousSAMLib.predictor import Predictor
+from AmbiguousSAMLib.training.batches import make_batch, union_box
+from AmbiguousSAMLib.training.embedding_cache import EmbeddingCache, shift_crop
+from AmbiguousSAMLib.training.losses import soft_dice_loss
+from AmbiguousSAMLib.training.trainer import TrainConfig, train
+
+from conftest import SHARED_DATA
+
+VAL = SHARED_DATA / "lidc-crops" / "val.npz"
+
+
+def test_shift_moves_content_and_repeats_the_border() -> None:
+    a = np.arange(25).reshape(5, 5)
+    shifted = shift_crop(a, 1, -2)
+    assert shifted[1, 0] == a[0, 2] and shifted[0, 0] == a[0, 2] and shifted[4, 4] == a[3, 4]
+
+
+def test_box_surrounds_all_raters_not_the_chosen_one() -> None:
+    masks = np.zeros((4, 32, 32), bool)
+    masks[0, 10:12, 10:12] = True
+    masks[2, 8:20, 9:14] = True
+    np.testing.assert_array_equal(union_box(masks, np.array([1, 2, 3, 4])), [8, 6, 16, 23])
+
+
+def test_dice_loss_rewards_empty_for_empty() -> None:
+    empty = torch.zeros(1, 8, 8)
+    assert float(soft_dice_loss(torch.full((1, 8, 8), -20.0), empty)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_dice_loss(torch.full((1, 8, 8), 20.0), empty)) > 0.9
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    if not VAL.is_file():
+        pytest.skip(f"LIDC crops are not at {VAL} (shared data absent in this checkout)")
+    with np.load(VAL) as data:
+        rows = rows_with_raters(data["masks"])[:6]
+    cache = EmbeddingCache(tmp_path_factory.mktemp("cache"))
+    cache.build(VAL, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
+    return cache
+
+
+def test_cache_is_complete_resumable_and_fp16(tiny_cache: EmbeddingCache) -> None:
+    assert tiny_cache.is_complete()
+    embeddings = tiny_cache.embeddings()
+    assert embeddings.shape == (6, 256, 64, 64) and embeddings.dtype == np.float16
+    assert np.abs(np.asarray(embeddings[5], dtype=np.float32)).sum() > 0
+
+
+def test_batches_use_every_rater_including_empty_ones(tiny_cache: EmbeddingCache) -> None:
+    crops = tiny_cache.crops()
+    rng = np.random.default_rng(0)
+    seen_empty = seen_full = False
+    for _ in range(30):
+        batch = make_batch(rng, tiny_cache.embeddings(), crops["masks"], np.arange(6), 256)
+        areas = batch.targets.sum(dim=(1, 2))
+        seen_empty |= bool((areas == 0).any())
+        seen_full |= bool((areas > 0).any())
+        assert batch.embeddings.shape == (6, 256, 64, 64) and batch.boxes.shape == (6, 4)
+    assert seen_full and (seen_empty or crops["masks"].reshape(6, 4, -1).any(-1).all())
+
+
+def test_training_resumes_and_writes_curves_and_a_loadable_head(tiny_cache: EmbeddingCache, tmp_path) -> None:
+    predictor = Predictor(device="cpu")
+    config = TrainConfig(steps=6, batch_size=2, checkpoint_every=2)
+    assert train(tiny_cache, predictor.backbone, config, tmp_path, show_progress=False, stop_after=4) is None
+    first = torch.load(tmp_path / "last.pt", weights_only=False)["history"]
+    assert len(first) == 4 and not (tmp_path / "head.pt").exists()
+    # The same command again continues from step 4 instead of starting over.
+    assert train(tiny_cache, predictor.backbone, config, tmp_path, show_progress=False) == tmp_path / "head.pt"
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert history[:4] == first
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert load_head(predictor.backbone, tmp_path / "head.pt").injection == "hypernetwork"
