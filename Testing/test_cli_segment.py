@@ -48,7 +48,10 @@ def test_outputs_are_complete_and_on_the_ct_geometry(segmented) -> None:
     same_geometry(heat, image)
     assert heat.GetPixelID() == sitk.sitkFloat32 and sitk.GetArrayFromImage(heat).max() > 0
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["candidates"]) == 4 and all(c["volume_mm3"] > 0 for c in summary["candidates"])
+    volumes = [c["volume_mm3"] for c in summary["candidates"]]
+    # A candidate may be empty ("this rater would not mark it" is part of what the head learned), but the set
+    # as a whole must find the lesion.
+    assert len(volumes) == 4 and min(volumes) >= 0 and max(volumes) > 0
 
 
 def test_segmentation_reads_back_with_slicerio_on_the_ct_grid(segmented) -> None:

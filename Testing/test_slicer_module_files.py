@@ -66,8 +66,10 @@ def test_every_python_file_compiles(path):
 
 def test_module_cmakelists_lists_exactly_the_python_files_and_resources_on_disk():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    # `pip install -e .` writes its egg-info into the module folder (the packages live there); it is build output.
     onDisk = {path.relative_to(MODULE_DIR).as_posix() for path in MODULE_DIR.rglob("*")
-              if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+              if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+              and not any(part.endswith(".egg-info") for part in path.parts)}
     onDisk.discard("CMakeLists.txt")
     scripts = {path for path in onDisk if path.endswith(".py")}
     assert cmakeList(text, "MODULE_PYTHON_SCRIPTS") == scripts, "update MODULE_PYTHON_SCRIPTS in AmbiguousSAM/CMakeLists.txt"
