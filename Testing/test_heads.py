@@ -55,6 +55,18 @@ def test_probabilistic_sam_samples_are_seeded_and_diverse(backbone: Backbone, em
     assert float((first.logits[0] - first.logits[1]).abs().max()) > 1e-3
 
 
+def test_chosen_noise_rows_give_the_same_hypotheses(backbone: Backbone, embedding: torch.Tensor) -> None:
+    """The 3D path keeps rows of a seeded noise pool; each kept row must be the very sample `sample` drew."""
+    head = ProbabilisticSAM(backbone, injection="hypernetwork").eval()
+    with torch.no_grad():
+        head.z_to_weights[-1].weight.normal_(std=0.5)
+    pool = head.draw_noise(6, seed=3)
+    assert torch.equal(pool, head.draw_noise(6, seed=3))
+    everything = head.sample(embedding, BOX, k=6, seed=3)
+    chosen = head.sample_with_noise(embedding, BOX, pool[[4, 1]])
+    torch.testing.assert_close(chosen.logits, everything.logits[[4, 1]])
+
+
 @pytest.mark.parametrize("sampler_class", [Deterministic, BoxJitter, Multimask, MCDropout])
 def test_baselines_share_the_interface(backbone: Backbone, embedding: torch.Tensor, sampler_class) -> None:
     sampler = sampler_class(backbone)

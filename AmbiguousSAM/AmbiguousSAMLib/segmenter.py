@@ -7,6 +7,14 @@ slice), so candidate i is one 3D hypothesis. The next slice's box is the union o
 plus a margin; propagation stops when every candidate has vanished, when the consensus shrinks to a fifth of
 its clicked-slice area, or at 0.6 box diameters from the clicked slice. Embeddings are cached per (slice, crop
 window), and the crop window is fixed per lesion, so re-running with another K or seed only decodes.
+
+A box drawn by a user says "there is a lesion here", which a radiologist who left the slice unmarked did not.
+The head learnt from such radiologists that a faint lesion is often left unmarked, and its prior does not tell
+faint from obvious lesions well (see the model card), so unconditioned draws can leave candidates of a plain
+33 mm nodule empty. The K hypotheses are therefore drawn from the prior *given a non-empty mask on the clicked
+slice*: a seeded pool of latents is decoded there and the first K non-empty ones are kept (rejection
+sampling; empty ones fill up only if too few are non-empty). Slices above and below may still be empty in
+some candidates: that is where the raters disagree about the lesion's extent.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ MAX_HALF_EXTENT_PER_DIAMETER = 0.6
 MIN_AREA_FRACTION = 0.2
 #: Volumes whose darkest voxel is above this are not CT in HU (CT has air at about -1000 HU).
 CT_AIR_THRESHOLD = -500.0
+#: Latents drawn per wanted candidate on the clicked slice, from which the first K non-empty ones are kept.
+CONDITIONING_POOL = 4
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -158,7 +168,7 @@ class LesionSegmenter:
         report = progress or (lambda fraction, message: None)
         volume_key = id(volume)
 
-        def run_slice(k: int, slice_box: np.ndarray) -> _SliceResult:
+        def run_slice(k: int, slice_box: np.ndarray, noise: torch.Tensor | None) -> _SliceResult:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("Cancelled by the user; nothing was changed.")
             plane = volume[k]
@@ -169,12 +179,24 @@ class LesionSegmenter:
                               slice_box[2] - origin[1], slice_box[3] - origin[0]], dtype=np.float32)
             geometry = resized_geometry((side, side), self.predictor.backbone.image_size)
             box_t = torch.from_numpy(np.clip(local, 0, side - 1) * geometry.scale)[None].to(self.predictor.device)
-            drawn = self.sampler.sample(embedding, box_t, samples, seed)
+            if noise is None:
+                drawn = self.sampler.sample(embedding, box_t, samples, seed)
+            else:
+                drawn = self.sampler.sample_with_noise(embedding, box_t, noise)
             probs = torch.sigmoid(postprocess_logits(drawn.logits.float().cpu(), geometry)).numpy()
             return _SliceResult(k, origin, probs.astype(np.float32), drawn.scores.float().cpu().numpy())
 
         report(0.0, f"slice {slice_k}")
-        results = [run_slice(slice_k, box)]
+        noise = None
+        if hasattr(self.sampler, "draw_noise"):
+            pool = self.sampler.draw_noise(CONDITIONING_POOL * samples, seed)
+            clicked = run_slice(slice_k, box, pool)
+            marked = (clicked.probs > 0.5).reshape(len(pool), -1).any(axis=1)
+            chosen = np.argsort(~marked, kind="stable")[:samples]
+            noise = pool[torch.from_numpy(chosen)]
+            results = [_SliceResult(slice_k, origin, clicked.probs[chosen], clicked.scores[chosen])]
+        else:
+            results = [run_slice(slice_k, box, None)]
         seed_area = max(int((results[0].probs.mean(axis=0) > 0.5).sum()), 1)
         if propagate:
             for direction in (1, -1):
@@ -184,7 +206,7 @@ class LesionSegmenter:
                     next_box = self._next_box(current, volume.shape)
                     if not 0 <= k < volume.shape[0] or next_box is None:
                         break
-                    current = run_slice(k, next_box)
+                    current = run_slice(k, next_box, noise)
                     results.append(current)
                     report(min(0.95, len(results) / (len(results) + 4)), f"slice {k}")
                     if (current.probs.mean(axis=0) > 0.5).sum() < MIN_AREA_FRACTION * seed_area:

@@ -111,8 +111,17 @@ class ProbabilisticSAM(nn.Module):
     def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
         """K prior samples for one box. The same seed draws the same standard-normal noise, so reusing a seed
         on neighbouring slices keeps sample i the same hypothesis through a 3D lesion."""
+        return self.sample_with_noise(embedding, box, self.draw_noise(k, seed))
+
+    def draw_noise(self, k: int, seed: int) -> torch.Tensor:
+        """(k, latent_dim) standard-normal noise from a private seeded stream: sample i's identity."""
+        return torch.randn((k, self.latent_dim), generator=generator_for(seed, torch.device("cpu")))
+
+    @torch.no_grad()
+    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: torch.Tensor) -> Samples:
+        """One sample per row of `noise`, each z = mu + sigma * noise under this slice's prior. Keeping the
+        noise fixed across slices (and choosing rows of it) is how the 3D path keeps hypotheses coherent."""
         mu, log_sigma = self.prior(embedding, box_channel(box, self.image_size))
-        noise = torch.randn((k, self.latent_dim), generator=generator_for(seed, torch.device("cpu")))
         z = mu + torch.exp(log_sigma) * noise.to(mu.device)
         logits, iou = self.decode(embedding, box, z[None])
         return Samples(logits=logits[0], scores=iou[0])
