@@ -188,6 +188,7 @@ class LesionSegmenter:
 
         report(0.0, f"slice {slice_k}")
         noise = None
+        # Latent heads expose their noise (draw_noise / sample_with_noise); the deterministic baseline has none.
         if hasattr(self.sampler, "draw_noise"):
             pool = self.sampler.draw_noise(CONDITIONING_POOL * samples, seed)
             clicked = run_slice(slice_k, box, pool)
