@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from AmbiguousSAMLib.heads.baselines import BoxJitter, Deterministic, MCDropout, Multimask
-from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, copy_matching_weights, load_head, save_head
 from AmbiguousSAMLib.heads.latent import box_channel, kl_divergence
+from AmbiguousSAMLib.heads.presence import EMPTY_LOGIT, gate_logits, presence_features, stratified_ranks
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.errors import CheckpointError
 from AmbiguousSAMLib.modeling.backbone import Backbone, build_backbone
@@ -24,6 +25,13 @@ def embedding() -> torch.Tensor:
 
 
 BOX = torch.tensor([[80.0, 90.0, 160.0, 170.0]])
+
+
+def set_presence(head: ProbabilisticSAM, logit: float) -> None:
+    """Make the presence gate return `logit` for every box (an untrained gate blanks samples at random)."""
+    with torch.no_grad():
+        head.presence.mlp[-1].weight.zero_()
+        head.presence.mlp[-1].bias.fill_(logit)
 
 
 def test_box_channel_marks_the_box_on_the_embedding_grid() -> None:
@@ -43,6 +51,7 @@ def test_kl_of_identical_gaussians_is_zero_and_known_otherwise() -> None:
 def test_probabilistic_sam_samples_are_seeded_and_diverse(backbone: Backbone, embedding: torch.Tensor,
                                                           injection: str) -> None:
     head = ProbabilisticSAM(backbone, injection=injection).eval()
+    set_presence(head, 30.0)
     with torch.no_grad():  # make z matter visibly, as a trained head does
         branch = head.z_to_prompt if injection == "prompt" else head.z_to_weights
         branch[-1].weight.normal_(std=0.5)
@@ -58,13 +67,50 @@ def test_probabilistic_sam_samples_are_seeded_and_diverse(backbone: Backbone, em
 def test_chosen_noise_rows_give_the_same_hypotheses(backbone: Backbone, embedding: torch.Tensor) -> None:
     """The 3D path keeps rows of a seeded noise pool; each kept row must be the very sample `sample` drew."""
     head = ProbabilisticSAM(backbone, injection="hypernetwork").eval()
+    set_presence(head, 0.0)  # half the samples blank: the kept rows must also keep their blanking
     with torch.no_grad():
         head.z_to_weights[-1].weight.normal_(std=0.5)
     pool = head.draw_noise(6, seed=3)
-    assert torch.equal(pool, head.draw_noise(6, seed=3))
+    again = head.draw_noise(6, seed=3)
+    assert torch.equal(pool.normal, again.normal) and torch.equal(pool.ranks, again.ranks)
     everything = head.sample(embedding, BOX, k=6, seed=3)
     chosen = head.sample_with_noise(embedding, BOX, pool[[4, 1]])
     torch.testing.assert_close(chosen.logits, everything.logits[[4, 1]])
+
+
+def test_stratified_ranks_put_one_sample_in_each_stratum() -> None:
+    ranks = stratified_ranks(16, torch.Generator().manual_seed(0))
+    assert sorted((ranks * 16).floor().int().tolist()) == list(range(16))
+    assert not torch.equal(ranks, stratified_ranks(16, torch.Generator().manual_seed(1)))
+
+
+def test_gate_blanks_exactly_the_samples_ranked_above_presence() -> None:
+    logits = torch.full((4, 8, 8), 3.0)
+    gated = gate_logits(logits, torch.tensor([0.1, 0.6, 0.3, 0.9]), torch.tensor(0.5))
+    assert gated[[0, 2]].eq(3.0).all() and gated[[1, 3]].eq(EMPTY_LOGIT).all()
+
+
+def test_presence_features_measure_the_mask_inside_the_box() -> None:
+    logits = torch.full((1, 256, 256), -10.0)
+    logits[0, 100:120, 100:180] = 10.0  # the top half of the 80 x 40 px box
+    box = torch.tensor([[100.0, 100.0, 179.0, 139.0]])
+    features = presence_features(logits, torch.tensor([[0.9, 0.8, 0.7, 0.6]]), box, image_size=256)
+    assert features.shape == (1, 9)
+    torch.testing.assert_close(features[0, :2], torch.log(torch.tensor([79.0, 39.0]) / 256))
+    assert features[0, 2].item() == pytest.approx(0.5, abs=0.02)  # pixel centres on the box edge count once
+    assert features[0, 4].item() == pytest.approx(1.0)  # largest logit / 10
+    torch.testing.assert_close(features[0, 5:], torch.tensor([0.9, 0.8, 0.7, 0.6]))
+
+
+@pytest.mark.parametrize("presence_bias, marked", [(30.0, 16), (-30.0, 0), (0.0, 8)])
+def test_presence_gate_sets_how_many_samples_are_marked(backbone: Backbone, embedding: torch.Tensor,
+                                                        presence_bias: float, marked: int) -> None:
+    """pi = 1 marks every sample, pi = 0 none, pi = 0.5 exactly half of them (stratified ranks)."""
+    head = ProbabilisticSAM(backbone, injection="hypernetwork").eval()
+    set_presence(head, presence_bias)
+    drawn = head.sample(embedding, BOX, k=16, seed=0)
+    blank = (drawn.logits == EMPTY_LOGIT).flatten(1).all(dim=1)
+    assert int((~blank).sum()) == marked
 
 
 @pytest.mark.parametrize("sampler_class", [Deterministic, BoxJitter, Multimask, MCDropout])
@@ -92,7 +138,21 @@ def test_head_checkpoint_round_trip_and_wrong_backbone(backbone: Backbone, tmp_p
         load_head(backbone, tmp_path / "absent.pt")
 
 
+def test_training_can_start_from_a_head_of_another_layout(backbone: Backbone, tmp_path) -> None:
+    """Fine-tuning copies what fits and says what it left fresh (here: the latent nets' 4 -> 6 dims)."""
+    old = ProbabilisticSAM(backbone, injection="hypernetwork", latent_dim=4)
+    save_head(old, tmp_path / "old.pt", "litemedsam")
+    new = ProbabilisticSAM(backbone, injection="hypernetwork", latent_dim=6)
+    fresh = copy_matching_weights(new, tmp_path / "old.pt")
+    assert "prior.out.weight" in fresh and "z_to_offset.weight" in fresh
+    assert "presence.mlp.0.weight" not in fresh and "prior.features.0.weight" not in fresh
+    assert torch.equal(new.prior.features[0].weight, old.prior.features[0].weight)
+    with pytest.raises(CheckpointError, match="No trained head"):
+        copy_matching_weights(new, tmp_path / "absent.pt")
+
+
 def test_shipped_head_loads(backbone: Backbone) -> None:
     assert DEFAULT_HEAD.is_file(), f"the trained head must ship at {DEFAULT_HEAD}"
     head = load_head(backbone)
     assert head.injection in ("hypernetwork", "prompt") and head.latent_dim == 6
+    assert float(head.presence.mlp[-1].weight.abs().sum()) > 0, "the shipped head must carry a trained presence gate"

@@ -13,7 +13,10 @@ from AmbiguousSAMLib.heads.checkpoint import load_head
 from AmbiguousSAMLib.predictor import Predictor
 from AmbiguousSAMLib.training.batches import make_batch, union_box
 from AmbiguousSAMLib.training.embedding_cache import EmbeddingCache, shift_crop
-from AmbiguousSAMLib.training.losses import soft_dice_loss
+from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
+from AmbiguousSAMLib.modeling.backbone import build_backbone
+from AmbiguousSAMLib.training.losses import probabilistic_sam_loss, soft_dice_loss
+from AmbiguousSAMLib.training.presence_fit import fit_presence_gate
 from AmbiguousSAMLib.training.trainer import TrainConfig, train
 
 from conftest import SHARED_DATA
@@ -38,6 +41,37 @@ def test_dice_loss_rewards_empty_for_empty() -> None:
     empty = torch.zeros(1, 8, 8)
     assert float(soft_dice_loss(torch.full((1, 8, 8), -20.0), empty)) == pytest.approx(0.0, abs=1e-6)
     assert float(soft_dice_loss(torch.full((1, 8, 8), 20.0), empty)) > 0.9
+
+
+@pytest.fixture(scope="module")
+def backbone_head() -> ProbabilisticSAM:
+    return ProbabilisticSAM(build_backbone(), injection="hypernetwork").eval()
+
+
+def test_unmarked_examples_leave_the_outline_model_alone() -> None:
+    """Hurdle likelihood: an empty rater mask is the presence gate's to learn; the outline loss ignores it."""
+    targets = torch.zeros(2, 8, 8)
+    targets[0, 2:5, 2:5] = 1.0
+    logits = torch.randn(2, 8, 8, requires_grad=True)
+    kl_prior = torch.tensor([4.0, 100.0], requires_grad=True)
+    losses = probabilistic_sam_loss(logits, targets, kl_prior, torch.tensor([4.0, 100.0]), beta=10.0, free_nats=3.0)
+    losses["total"].backward()
+    assert logits.grad[1].abs().max() == 0 and logits.grad[0].abs().max() > 0
+    assert kl_prior.grad[1] == 0 and float(losses["kl"]) == pytest.approx(4.0)
+    single = probabilistic_sam_loss(logits[:1], targets[:1], kl_prior[:1], torch.tensor([4.0]), 10.0, 3.0)
+    assert single["total"].item() == pytest.approx(losses["total"].item())
+
+
+def test_presence_gate_fit_separates_marked_from_unmarked_and_folds_the_scaling(backbone_head) -> None:
+    """Features with very different scales (as the real ones have): the fitted gate must rank by the one
+    that matters, and the stored MLP must give the same answer on raw features as on standardised ones."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn((400, 9), generator=generator) * torch.tensor([0.01, 1, 1, 1, 1, 1, 1, 1, 1]) - 3
+    marked = (features[:, 0] > -3).float() * 0.75 + 0.25  # 1.0 or 0.25 of the raters, told by a 0.01-wide feature
+    bce = fit_presence_gate(backbone_head, features, marked, iterations=300)
+    pi = torch.sigmoid(backbone_head.presence(features)).detach()
+    assert pi[marked == 1].mean() > 0.9 and pi[marked < 1].mean() < 0.35
+    assert bce < float(torch.nn.functional.binary_cross_entropy(torch.full_like(marked, float(marked.mean())), marked))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +102,8 @@ def test_batches_use_every_rater_including_empty_ones(tiny_cache: EmbeddingCache
         seen_empty |= bool((areas == 0).any())
         seen_full |= bool((areas > 0).any())
         assert batch.embeddings.shape == (6, 256, 64, 64) and batch.boxes.shape == (6, 4)
+        expected = crops["masks"][np.arange(6)].reshape(6, 4, -1).any(-1).mean(-1)
+        np.testing.assert_allclose(batch.marked_fraction.numpy(), expected)
     assert seen_full and (seen_empty or crops["masks"].reshape(6, 4, -1).any(-1).all())
 
 

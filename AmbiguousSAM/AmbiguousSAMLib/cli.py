@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> None:
         cache.build(args.data, rows, predictor, progress=_progress("encode"), limit=args.encode_limit)
     config = TrainConfig(injection=args.injection, latent_dim=args.latent_dim, beta=args.beta,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed,
-                         device=str(predictor.device))
+                         device=str(predictor.device), init=args.init)
     path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after)
     print(f"wrote {path}" if path else f"stopped after {args.stop_after} steps; run the same command to continue")
 
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--stop-after", type=int, help="end this run after N steps (resume later)")
+    train.add_argument("--init", help="start from this head file's weights (those whose names and shapes match)")
     _add_model_options(train)
     train.set_defaults(run=_train, precision="bf16")
 

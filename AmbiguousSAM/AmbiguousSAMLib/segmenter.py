@@ -9,12 +9,13 @@ its clicked-slice area, or at 0.6 box diameters from the clicked slice. Embeddin
 window), and the crop window is fixed per lesion, so re-running with another K or seed only decodes.
 
 A box drawn by a user says "there is a lesion here", which a radiologist who left the slice unmarked did not.
-The head learnt from such radiologists that a faint lesion is often left unmarked, and its prior does not tell
-faint from obvious lesions well (see the model card), so unconditioned draws can leave candidates of a plain
-33 mm nodule empty. The K hypotheses are therefore drawn from the prior *given a non-empty mask on the clicked
-slice*: a seeded pool of latents is decoded there and the first K non-empty ones are kept (rejection
-sampling; empty ones fill up only if too few are non-empty). Slices above and below may still be empty in
-some candidates: that is where the raters disagree about the lesion's extent.
+The head learnt from such radiologists that a faint lesion is often left unmarked: its presence gate gives
+each sample a rank and leaves it empty where the rank is above the chance pi that an expert marks the slice.
+The K hypotheses are therefore drawn *given a non-empty mask on the clicked slice*: a seeded pool of samples
+is decoded there and the first K non-empty ones are kept (rejection sampling; empty ones fill up only if too
+few are non-empty). A kept sample's rank is below pi on the clicked slice, so it stays marked on every slice
+where the gate is at least as sure, and drops out where pi falls below its rank: candidates disagree about
+the lesion's extent above and below, as the raters do.
 """
 
 from __future__ import annotations

@@ -30,9 +30,7 @@ def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extr
     tmp.replace(path)
 
 
-def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM:
-    """Build the head on `backbone` and load its trained weights (strictly: every trained tensor must fit)."""
-    path = Path(path)
+def _read_payload(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(
             f"No trained head at {path}. Train one with 'ambiguous-sam train' or pass the path of a head file."
@@ -40,6 +38,27 @@ def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> Probabilis
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != "ambiguous-sam-head/1":
         raise CheckpointError(f"{path} is not an AmbiguousSAM head file (made by 'ambiguous-sam train').")
+    return payload
+
+
+def copy_matching_weights(head: ProbabilisticSAM, path: str | Path) -> list[str]:
+    """Start training from an earlier head (fine-tuning, or a head of an older layout): copy each tensor whose
+    name and shape match and return the names of the trained tensors left as initialised."""
+    saved = _read_payload(Path(path))["state"]
+    fresh = []
+    with torch.no_grad():
+        for name, parameter in head.trainable_parameters().items():
+            if name in saved and saved[name].shape == parameter.shape:
+                parameter.copy_(saved[name])
+            else:
+                fresh.append(name)
+    return fresh
+
+
+def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM:
+    """Build the head on `backbone` and load its trained weights (strictly: every trained tensor must fit)."""
+    path = Path(path)
+    payload = _read_payload(path)
     if payload["backbone"] != backbone.spec.name:
         raise CheckpointError(
             f"The head {path.name} was trained on backbone '{payload['backbone']}', not '{backbone.spec.name}'. "

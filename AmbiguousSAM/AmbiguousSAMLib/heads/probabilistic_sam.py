@@ -8,7 +8,8 @@ Two places to inject z, one class:
   lets a sample grow, shrink or vanish, and gives z a direct path: routed only through the MLP, whose input
   is dominated by the 256-d token, z was ignored and the posterior collapsed). K samples then cost one
   decoder pass and K dot products.
-The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
+A presence gate (presence.py) decides per sample whether the lesion is marked at all; the latent then only
+models the outline of a marked lesion. The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
 and the hypernetwork MLPs are trained: back-propagating through the decoder's transformer costs ~0.7 s per
 crop on a CPU, ten times the rest, so its body stays frozen (and, for the hypernetwork injection, runs without
 autograd). The new layers start near zero, so an untrained head stays close to the backbone's deterministic mask.
@@ -17,6 +18,7 @@ autograd). The new layers start near zero, so an untrained head stays close to t
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ from torch import nn
 from ..modeling.backbone import Backbone
 from ..modeling.decoding import masks_from_weights, mask_weights, run_transformer
 from .latent import GaussianLatentNet, box_channel, kl_divergence
+from .presence import PresenceGate, gate_logits, presence_features, stratified_ranks
 from .sampler import Samples, generator_for
 
 INJECTIONS = ("hypernetwork", "prompt")
@@ -40,6 +43,32 @@ def _small_last(mlp: nn.Sequential) -> nn.Sequential:
 
 def _detached(gaussian: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return gaussian[0].detach(), gaussian[1].detach()
+
+
+@dataclass
+class LatentNoise:
+    """The seeded randomness of K samples: standard-normal latent noise (K, D) and presence ranks (K,).
+
+    Row i is sample i's identity; the 3D path keeps chosen rows and reuses them on every slice."""
+
+    normal: torch.Tensor
+    ranks: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def __getitem__(self, rows) -> "LatentNoise":
+        return LatentNoise(self.normal[rows], self.ranks[rows])
+
+
+@dataclass
+class Decoded:
+    """What one decode of B boxes with S latents each gives."""
+
+    logits: torch.Tensor  # (B, S, 256, 256)
+    iou: torch.Tensor  # (B, S)
+    presence_logit: torch.Tensor  # (B,): logit of the chance that an expert marks the lesion at all
+    presence_features: torch.Tensor  # (B, 9): what the gate read (see presence.py)
 
 
 class ProbabilisticSAM(nn.Module):
@@ -62,6 +91,7 @@ class ProbabilisticSAM(nn.Module):
         else:
             self.z_to_weights = _small_last(nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32)))
             self.z_to_offset = nn.Linear(latent_dim, 1)
+        self.presence = PresenceGate()
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
@@ -69,11 +99,18 @@ class ProbabilisticSAM(nn.Module):
                   "mask_decoder.iou_", "mask_decoder.mask_tokens.")
         return {name: p for name, p in self.named_parameters() if not name.startswith(frozen)}
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (B, 256, 64, 64), boxes (B, 4), latents (B, S, D) -> logits (B, S, 256, 256), IoU (B, S)."""
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor) -> Decoded:
+        """Embeddings (B, 256, 64, 64), boxes (B, 4), latents (B, S, D) -> S masks per box and the box's gate."""
         batch, samples = z.shape[:2]
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
         image_pe = self.prompt_encoder.get_dense_pe()
+        with torch.no_grad():
+            state = run_transformer(self.mask_decoder, embeddings, image_pe, sparse, dense)
+        base = mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
+        plain_logits = masks_from_weights(base[:, None], state.upscaled)[:, 0]
+        all_iou = self.mask_decoder.iou_prediction_head(state.iou_token)
+        features = presence_features(plain_logits.detach(), all_iou.detach(), boxes, self.image_size)
+        presence_logit = self.presence(features)
         if self.injection == "prompt":
             sparse = (sparse[:, None] + self.z_to_prompt(z)[:, :, None]).flatten(0, 1)
             state = run_transformer(self.mask_decoder, embeddings.repeat_interleave(samples, 0), image_pe, sparse,
@@ -81,16 +118,12 @@ class ProbabilisticSAM(nn.Module):
             weights = mask_weights(self.mask_decoder, state.mask_tokens)[:, :1]
             logits = masks_from_weights(weights, state.upscaled).view(batch, samples, *state.upscaled.shape[-2:])
             iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, 0].view(batch, samples)
-            return logits, iou
-        with torch.no_grad():
-            state = run_transformer(self.mask_decoder, embeddings, image_pe, sparse, dense)
+            return Decoded(logits, iou, presence_logit, features)
         token = state.mask_tokens[:, 0]
-        base = mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
         delta = self.z_to_weights(torch.cat([token[:, None].expand(-1, samples, -1), z], dim=2))
         offset = self.z_to_offset(z)[..., None]
         logits = masks_from_weights(base[:, None] + delta, state.upscaled) + offset
-        iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, :1].expand(batch, samples)
-        return logits, iou
+        return Decoded(logits, all_iou[:, :1].expand(batch, samples), presence_logit, features)
 
     def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor,
                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,8 +137,8 @@ class ProbabilisticSAM(nn.Module):
         prior = self.prior(embeddings, box_map)
         posterior = self.posterior(embeddings, box_map, target_map)
         z = posterior[0] + torch.exp(posterior[1]) * torch.randn_like(posterior[0])
-        logits, _ = self.decode(embeddings, boxes, z[:, None])
-        return logits[:, 0], kl_divergence(_detached(posterior), prior), kl_divergence(posterior, _detached(prior))
+        decoded = self.decode(embeddings, boxes, z[:, None])
+        return decoded.logits[:, 0], kl_divergence(_detached(posterior), prior), kl_divergence(posterior, _detached(prior))
 
     @torch.no_grad()
     def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
@@ -113,15 +146,19 @@ class ProbabilisticSAM(nn.Module):
         on neighbouring slices keeps sample i the same hypothesis through a 3D lesion."""
         return self.sample_with_noise(embedding, box, self.draw_noise(k, seed))
 
-    def draw_noise(self, k: int, seed: int) -> torch.Tensor:
-        """(k, latent_dim) standard-normal noise from a private seeded stream: sample i's identity."""
-        return torch.randn((k, self.latent_dim), generator=generator_for(seed, torch.device("cpu")))
+    def draw_noise(self, k: int, seed: int) -> LatentNoise:
+        """Noise for k samples from a private seeded stream: sample i's identity."""
+        generator = generator_for(seed, torch.device("cpu"))
+        normal = torch.randn((k, self.latent_dim), generator=generator)
+        return LatentNoise(normal, stratified_ranks(k, generator))
 
     @torch.no_grad()
-    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: torch.Tensor) -> Samples:
-        """One sample per row of `noise`, each z = mu + sigma * noise under this slice's prior. Keeping the
-        noise fixed across slices (and choosing rows of it) is how the 3D path keeps hypotheses coherent."""
+    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Samples:
+        """One sample per row of `noise`: z = mu + sigma * noise under this slice's prior, left empty where the
+        row's rank is at or above the gate's presence probability. Keeping the noise fixed across slices (and
+        choosing rows of it) is how the 3D path keeps hypotheses coherent."""
         mu, log_sigma = self.prior(embedding, box_channel(box, self.image_size))
-        z = mu + torch.exp(log_sigma) * noise.to(mu.device)
-        logits, iou = self.decode(embedding, box, z[None])
-        return Samples(logits=logits[0], scores=iou[0])
+        z = mu + torch.exp(log_sigma) * noise.normal.to(mu.device)
+        decoded = self.decode(embedding, box, z[None])
+        presence = torch.sigmoid(decoded.presence_logit[0])
+        return Samples(logits=gate_logits(decoded.logits[0], noise.ranks, presence), scores=decoded.iou[0])

@@ -3,7 +3,8 @@
 The box is drawn around the union of *all* raters (as the scoring protocol does), never around the chosen
 rater, so its size cannot tell the model which rater it must reproduce; its margin is random (1-6 px per
 side) so its exact position gives nothing away either. Empty rater masks stay in: "this expert would not
-mark it" is part of the distribution the head must learn.
+mark it" is part of the distribution the head must learn. Each example also carries the fraction of raters
+who marked the slice, which trains the presence gate.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Batch:
     embeddings: torch.Tensor  # (B, 256, 64, 64) float32
     boxes: torch.Tensor  # (B, 4) model frame
     targets: torch.Tensor  # (B, S, S) float32 {0, 1} in the model frame
+    marked_fraction: torch.Tensor  # (B,) float32: share of the raters whose mask is non-empty
 
 
 def union_box(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
@@ -45,11 +47,13 @@ def make_batch(rng: np.random.Generator, embeddings: np.ndarray, masks: np.ndarr
                model_size: int, margin_range: tuple[int, int] = (1, 6)) -> Batch:
     """Gather cached embeddings for `rows`, one random rater each as the target."""
     order = np.sort(rows)  # sorted reads are faster on the memory-mapped cache
-    boxes, targets = [], []
+    boxes, targets, marked = [], [], []
     for row in order:
         raters = masks[row]
         box = union_box(raters, rng.integers(margin_range[0], margin_range[1] + 1, size=4))
         boxes.append(box * model_size / max(raters.shape[-2:]))
         targets.append(to_model_frame(raters[rng.integers(len(raters))], model_size))
+        marked.append(raters.reshape(len(raters), -1).any(axis=1).mean())
     return Batch(embeddings=torch.from_numpy(np.asarray(embeddings[order], dtype=np.float32)),
-                 boxes=torch.from_numpy(np.stack(boxes)), targets=torch.stack(targets))
+                 boxes=torch.from_numpy(np.stack(boxes)), targets=torch.stack(targets),
+                 marked_fraction=torch.tensor(marked, dtype=torch.float32))

@@ -1,4 +1,9 @@
-"""Probabilistic SAM's loss: BCE + Dice on the posterior sample, plus beta * KL(q || p).
+"""Probabilistic SAM's loss on the outline: BCE + Dice on the posterior sample, plus beta * KL(q || p).
+
+The head is a hurdle model (heads/presence.py): p(mask) = 1 - pi when the drawn rater left the slice empty,
+pi * p(outline | marked) otherwise. An example whose rater left it empty is the gate's to learn (fitted in a
+second stage, training/presence_fit.py), so the outline terms average over the examples whose rater marked
+it; the latent then spends its few dimensions on where the outline runs, not on whether there is one.
 
 The posterior gets "free bits": with Adam, a KL gradient however small moves the latent nets at full
 step size while the decoder has not yet learnt to use z, and the posterior collapses onto the prior (seen
@@ -28,8 +33,10 @@ def probabilistic_sam_loss(logits: torch.Tensor, targets: torch.Tensor, kl_prior
                            kl_posterior: torch.Tensor, beta: float, free_nats: float) -> dict[str, torch.Tensor]:
     """`kl_prior` trains the prior towards the posterior; `kl_posterior` pulls the posterior towards the prior
     only beyond `free_nats` per image (free bits): below that, the posterior may encode the rater freely."""
-    bce = F.binary_cross_entropy_with_logits(logits, targets)
-    dice = soft_dice_loss(logits, targets).mean()
-    kl = kl_prior.mean() + kl_posterior.clamp(min=free_nats).mean()
+    marked = targets.flatten(1).any(dim=1).to(logits.dtype)
+    weights = marked / marked.sum().clamp(min=1.0)
+    bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1).mean(1) * weights).sum()
+    dice = (soft_dice_loss(logits, targets) * weights).sum()
+    kl = ((kl_prior + kl_posterior.clamp(min=free_nats)) * weights).sum()
     total = bce + dice + beta * kl / targets[0].numel()
-    return {"total": total, "bce": bce, "dice": dice, "kl": kl_posterior.mean().detach()}
+    return {"total": total, "bce": bce, "dice": dice, "kl": (kl_posterior * weights).sum().detach()}

@@ -1,5 +1,8 @@
 """Train a Probabilistic SAM head on cached embeddings: resumable, with a progress bar and loss curves.
 
+Two stages: the outline model (latent nets, z branch, hypernetwork MLPs) for `steps` steps, then the presence
+gate, fitted in seconds on the trained decoder's features of every cached crop (presence_fit.py).
+
 Runs on CPU (hours for the full LIDC set, so the model card states the subset used) and on CUDA unchanged.
 Every `checkpoint_every` steps the head, optimiser and history are written atomically to `out/last.pt`;
 running the same command again continues from there.
@@ -15,11 +18,12 @@ import numpy as np
 import torch
 
 from ..modeling.backbone import Backbone
-from ..heads.checkpoint import save_head
+from ..heads.checkpoint import copy_matching_weights, save_head
 from ..heads.probabilistic_sam import ProbabilisticSAM
 from .batches import make_batch
 from .embedding_cache import EmbeddingCache
 from .losses import probabilistic_sam_loss
+from .presence_fit import crop_features, fit_presence_gate
 
 
 @dataclass
@@ -37,6 +41,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     device: str = "cpu"
+    #: A head file to start from; its tensors whose names and shapes match are copied, the rest stay fresh.
+    init: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -53,7 +59,11 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    head = ProbabilisticSAM(backbone, injection=config.injection, latent_dim=config.latent_dim).to(device)
+    head = ProbabilisticSAM(backbone, injection=config.injection, latent_dim=config.latent_dim)
+    if config.init is not None:
+        fresh = copy_matching_weights(head, config.init)
+        print(f"started from {config.init}; newly initialised: {', '.join(fresh) or 'nothing'}")
+    head = head.to(device)
     trainable = head.trainable_parameters()
     for name, parameter in head.named_parameters():
         parameter.requires_grad_(name in trainable)
@@ -107,9 +117,16 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
             plot_losses(history, out / "loss.png")
     if end < config.steps:
         return None
+    head.eval()
+    features, marked = crop_features(head, embeddings, crops["masks"], np.arange(available),
+                                     np.random.default_rng([config.seed, config.steps]))
+    presence_bce = fit_presence_gate(head, features, marked, seed=config.seed)
+    if show_progress:
+        print(f"presence gate fitted on {available} crops: BCE {presence_bce:.4f}")
     final = out / "head.pt"
-    save_head(head.eval(), final, backbone.spec.name,
-              extra={"train": asdict(config), "cache": cache.meta()["settings"], "rows_used": int(available)})
+    save_head(head, final, backbone.spec.name,
+              extra={"train": asdict(config), "cache": cache.meta()["settings"], "rows_used": int(available),
+                     "presence_bce": presence_bce})
     (out / "history.json").write_text(json.dumps(history))
     return final
 

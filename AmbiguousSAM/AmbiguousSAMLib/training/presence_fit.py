@@ -1,0 +1,60 @@
+"""Second training stage: fit the presence gate on the trained decoder's own view of every cached crop.
+
+The gate's nine inputs have very different ranges (log box size around -3, IoU estimates near 0.9 that vary
+by hundredths), and learnt inside the outline training, at its learning rate and batch of 8, it settled on the
+average share of raters and told no slice from another (seen here: pi 0.58-0.62 whatever the number of raters).
+Here the features of all crops are computed once, standardised, and the gate is fitted on the full set, which
+takes seconds; the standardisation is then folded into the first layer, so the stored gate is a plain MLP and
+a head file holds no statistics besides its weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..heads.presence import PresenceGate, presence_loss
+from ..heads.probabilistic_sam import ProbabilisticSAM
+from .batches import make_batch
+
+
+@torch.no_grad()
+def crop_features(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
+                  rng: np.random.Generator, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate features (N, 9) and marked fractions (N,) for `rows`, boxes drawn as in training."""
+    device = next(head.parameters()).device
+    features, marked = [], []
+    zero = torch.zeros((1, 1, head.latent_dim), device=device)
+    for start in range(0, len(rows), batch_size):
+        batch = make_batch(rng, embeddings, masks, np.sort(rows[start:start + batch_size]), head.image_size)
+        decoded = head.decode(batch.embeddings.to(device), batch.boxes.to(device),
+                              zero.expand(len(batch.boxes), -1, -1))
+        features.append(decoded.presence_features.cpu())
+        marked.append(batch.marked_fraction)
+    return torch.cat(features), torch.cat(marked)
+
+
+def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fraction: torch.Tensor,
+                      iterations: int = 600, lr: float = 3e-3, seed: int = 0) -> float:
+    """Fit a fresh gate (seeded) on standardised features, fold the scaling in, install it; return its BCE."""
+    torch.manual_seed(seed)
+    mean, std = features.mean(dim=0), features.std(dim=0).clamp(min=1e-6)
+    standard = (features - mean) / std
+    gate = PresenceGate()
+    optimizer = torch.optim.AdamW(gate.parameters(), lr=lr, weight_decay=1e-2)
+    gate.train()
+    for _ in range(iterations):
+        loss = presence_loss(gate(standard), marked_fraction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    gate.eval()
+    first = gate.mlp[0]
+    with torch.no_grad():  # W (x - m) / s + b = (W / s) x + (b - W m / s)
+        first.bias.sub_(first.weight @ (mean / std))
+        first.weight.div_(std)
+        head.presence.load_state_dict({k: v.to(next(head.presence.parameters()).device)
+                                       for k, v in gate.state_dict().items()})
+        return float(F.binary_cross_entropy_with_logits(head.presence(features.to(first.weight.device)),
+                                                        marked_fraction.to(first.weight.device)))
