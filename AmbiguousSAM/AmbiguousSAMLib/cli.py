@@ -74,6 +74,42 @@ def _evaluate(args: argparse.Namespace) -> None:
         save_samples(args.save_samples, index, results)
 
 
+def _tune_gate(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .evaluation import evaluation_rows
+    from .heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+    from .predictor import Predictor
+    from .crops import load_crops
+    from .training.embedding_cache import EmbeddingCache
+    from .training.presence_tuning import SCORES, draw_ungated, tune_presence_offset
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
+                          precision=args.precision)
+    head_path = Path(args.head or DEFAULT_HEAD)
+    head = load_head(predictor.backbone, head_path).to(predictor.device)
+    with np.load(args.data) as file:
+        rows = evaluation_rows(file["masks"], args.limit)
+    cache = EmbeddingCache(args.cache)
+    cache.build(args.data, rows, predictor, max_shift=0, seed=args.seed, progress=_progress("encode"))
+    crops = load_crops(args.data, rows)
+    draws = draw_ungated(head, cache.embeddings(), crops.masks, crops.index, args.samples, args.seed)
+    best, table = tune_presence_offset(draws, args.offsets)
+    print("| offset | " + " | ".join(f"{k} (tune)" for k in SCORES) + " | " + " | ".join(f"{k} (check)" for k in SCORES) + " |")
+    print("|" + "---|" * (1 + 2 * len(SCORES)))
+    for entry in table:
+        cells = [f"{entry[half][k]:.3f}" for half in ("tune", "check") for k in SCORES]
+        print(f"| {entry['offset']:+.2f}{' *' if entry['offset'] == best else ''} | " + " | ".join(cells) + " |")
+    head.presence_offset = best
+    payload = torch.load(head_path, map_location="cpu", weights_only=True)
+    extra = {**payload["extra"], "presence_offset_tuning": {"data": str(args.data), "slices": int(len(rows)),
+                                                            "seed": args.seed, "table": table}}
+    save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
+    print(f"offset {best:+.2f} (lowest GED on the even slices); wrote {args.out}")
+
+
 def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -180,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--save-samples", help="write samples (N, K, H, W) and index (N,) to this npz")
     _add_model_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
+    tune = commands.add_parser("tune-gate", help="choose the presence gate's offset on validation slices")
+    tune.add_argument("--data", required=True, help="npz in the lidc-crops format (validation split)")
+    tune.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
+    tune.add_argument("--cache", required=True, help="embedding cache folder (reused across runs)")
+    tune.add_argument("--head", help="head file to tune (default: the shipped head)")
+    tune.add_argument("--out", required=True, help="where to write the tuned head file")
+    tune.add_argument("--samples", type=int, default=16)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--offsets", type=float, nargs="+", default=[-1.2, -0.9, -0.6, -0.3, 0.0, 0.3])
+    _add_model_options(tune)
+    tune.set_defaults(run=_tune_gate, precision="bf16")
     segment = commands.add_parser("segment", help="K candidates + uncertainty for the lesion in a box of a CT volume")
     segment.add_argument("input", nargs="?", help=".nrrd, .nii(.gz), .mha or a DICOM series folder")
     segment.add_argument("--box", nargs=4, type=float, metavar=("I0", "J0", "I1", "J1"), help="voxel box on --slice")

@@ -21,7 +21,8 @@ DEFAULT_HEAD = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "p
 def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
     state = {name: p.detach().cpu().clone() for name, p in head.trainable_parameters().items()}
     payload = {"format": "ambiguous-sam-head/1", "backbone": backbone_name,
-               "config": {"injection": head.injection, "latent_dim": head.latent_dim},
+               "config": {"injection": head.injection, "latent_dim": head.latent_dim,
+                          "presence_offset": head.presence_offset},
                "state": state, "extra": extra or {}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -74,13 +74,16 @@ class Decoded:
 class ProbabilisticSAM(nn.Module):
     """Prior/posterior nets + a fine-tunable SAM decoder that turns (embedding, box, z) into a mask."""
 
-    def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6) -> None:
+    def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6,
+                 presence_offset: float = 0.0) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
         self.name = f"probabilistic_sam_{injection}"
         self.injection = injection
         self.latent_dim = latent_dim
+        #: Added to the gate's logit when sampling; tuned on validation slices (training/presence_tuning.py).
+        self.presence_offset = float(presence_offset)
         self.image_size = backbone.image_size
         self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
         self.mask_decoder = copy.deepcopy(backbone.mask_decoder)
@@ -153,12 +156,17 @@ class ProbabilisticSAM(nn.Module):
         return LatentNoise(normal, stratified_ranks(k, generator))
 
     @torch.no_grad()
-    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Samples:
-        """One sample per row of `noise`: z = mu + sigma * noise under this slice's prior, left empty where the
-        row's rank is at or above the gate's presence probability. Keeping the noise fixed across slices (and
-        choosing rows of it) is how the 3D path keeps hypotheses coherent."""
+    def draw(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Decoded:
+        """One ungated outline per row of `noise` (z = mu + sigma * noise under this slice's prior)."""
         mu, log_sigma = self.prior(embedding, box_channel(box, self.image_size))
         z = mu + torch.exp(log_sigma) * noise.normal.to(mu.device)
-        decoded = self.decode(embedding, box, z[None])
-        presence = torch.sigmoid(decoded.presence_logit[0])
+        return self.decode(embedding, box, z[None])
+
+    @torch.no_grad()
+    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Samples:
+        """One sample per row of `noise`, left empty where the row's rank is at or above the gate's presence
+        probability. Keeping the noise fixed across slices (and choosing rows of it) is how the 3D path keeps
+        hypotheses coherent."""
+        decoded = self.draw(embedding, box, noise)
+        presence = torch.sigmoid(decoded.presence_logit[0] + self.presence_offset)
         return Samples(logits=gate_logits(decoded.logits[0], noise.ranks, presence), scores=decoded.iou[0])

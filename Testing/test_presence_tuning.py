@@ -1,0 +1,54 @@
+"""Tuning the presence gate's offset: chosen on one half of the slices, by GED, and stored with the head."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from AmbiguousSAMLib.heads.checkpoint import load_head, save_head
+from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
+from AmbiguousSAMLib.modeling.backbone import build_backbone
+from AmbiguousSAMLib.training.presence_tuning import UngatedDraws, score_offset, tune_presence_offset
+
+
+def constructed_draws() -> UngatedDraws:
+    """Four slices, each with four identical outlines equal to the one marking rater's mask (three raters left
+    it empty), and a gate that says 0.9 everywhere: the ideal is one marked sample of four, pi = 0.25."""
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    raters = np.stack([mask, np.zeros_like(mask), np.zeros_like(mask), np.zeros_like(mask)])
+    ranks = np.array([0.1, 0.35, 0.6, 0.85])
+    return UngatedDraws(outlines=[np.stack([mask] * 4)] * 4, ranks=[ranks] * 4,
+                        presence_logits=np.full(4, np.log(0.9 / 0.1), np.float32), raters=[raters] * 4)
+
+
+def test_offset_scores_follow_the_protocol_on_a_constructed_case() -> None:
+    draws = constructed_draws()
+    # logit(0.9) - 2.5 -> pi ~ 0.17: only the sample ranked 0.1 stays marked, so the samples match the raters.
+    exact = score_offset(draws, -np.log(9.0) - 1.6, range(4))
+    assert exact["ged"] == 0.0 and exact["hm_iou"] == 1.0
+    # No offset: three of four samples marked against one of four raters.
+    assert score_offset(draws, 0.0, range(4))["ged"] > 0.3
+
+
+def test_tuning_picks_the_lowest_ged_on_the_tuning_half() -> None:
+    best, table = tune_presence_offset(constructed_draws(), [0.0, -1.0, -np.log(9.0) - 1.6, -20.0])
+    assert best == -np.log(9.0) - 1.6
+    assert [entry["offset"] for entry in table] == [0.0, -1.0, best, -20.0]
+    assert all(set(entry) == {"offset", "tune", "check"} for entry in table)
+
+
+def test_offset_is_stored_with_the_head_and_applied_when_sampling(tmp_path) -> None:
+    backbone = build_backbone()
+    head = ProbabilisticSAM(backbone).eval()
+    with torch.no_grad():
+        head.presence.mlp[-1].weight.zero_()
+        head.presence.mlp[-1].bias.fill_(0.0)  # pi = 0.5
+    embedding = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(0))
+    box = torch.tensor([[80.0, 90.0, 160.0, 170.0]])
+    head.presence_offset = float(np.log(3.0))  # pi = 0.75: 12 of 16 samples marked
+    save_head(head, tmp_path / "tuned.pt", "litemedsam")
+    loaded = load_head(backbone, tmp_path / "tuned.pt")
+    assert loaded.presence_offset == head.presence_offset
+    blank = (loaded.sample(embedding, box, k=16, seed=0).logits == -20.0).flatten(1).all(dim=1)
+    assert int((~blank).sum()) == 12
