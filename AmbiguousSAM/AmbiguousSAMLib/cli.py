@@ -1,4 +1,4 @@
-"""`ambiguous-sam`: the command line of the core (demo, train, evaluate, segment)."""
+"""`ambiguous-sam`: the command line of the core (demo, train, tune-gate, evaluate, segment)."""
 
 from __future__ import annotations
 
