@@ -34,6 +34,7 @@ import torch
 from .errors import CancelledError, InvalidBoxError, InvalidImageError
 from .heads.baselines import Deterministic
 from .heads.checkpoint import DEFAULT_HEAD, load_head
+from .heads.probabilistic_sam import LatentNoise
 from .heads.sampler import Sampler
 from .lesion import LesionResult
 from .metrics import majority_vote, pairwise_iou
@@ -169,7 +170,7 @@ class LesionSegmenter:
         report = progress or (lambda fraction, message: None)
         volume_key = id(volume)
 
-        def run_slice(k: int, slice_box: np.ndarray, noise: torch.Tensor | None) -> _SliceResult:
+        def run_slice(k: int, slice_box: np.ndarray, noise: LatentNoise | None) -> _SliceResult:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("Cancelled by the user; nothing was changed.")
             plane = volume[k]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.backbone import Backbone
-from ..modeling.decoding import masks_from_weights, mask_weights, run_transformer
+from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, run_transformer
 from .latent import GaussianLatentNet, box_channel, kl_divergence
 from .presence import PresenceGate, gate_logits, presence_features, stratified_ranks
 from .sampler import Samples, generator_for
@@ -67,8 +67,8 @@ class Decoded:
 
     logits: torch.Tensor  # (B, S, 256, 256)
     iou: torch.Tensor  # (B, S)
-    presence_logit: torch.Tensor  # (B,): logit of the chance that an expert marks the lesion at all
-    presence_features: torch.Tensor  # (B, 9): what the gate read (see presence.py)
+    #: (B,): logit of the chance that an expert marks the lesion at all; None when decoded without the gate.
+    presence_logit: torch.Tensor | None
 
 
 class ProbabilisticSAM(nn.Module):
@@ -102,18 +102,39 @@ class ProbabilisticSAM(nn.Module):
                   "mask_decoder.iou_", "mask_decoder.mask_tokens.")
         return {name: p for name, p in self.named_parameters() if not name.startswith(frozen)}
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor) -> Decoded:
-        """Embeddings (B, 256, 64, 64), boxes (B, 4), latents (B, S, D) -> S masks per box and the box's gate."""
+    def _plain_pass(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                    image_pe: torch.Tensor) -> tuple[DecoderState, torch.Tensor]:
+        """The z-free decoder pass (transformer without autograd) and its single-mask weights (B, 32)."""
+        with torch.no_grad():
+            state = run_transformer(self.mask_decoder, embeddings, image_pe, sparse, dense)
+        return state, mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
+
+    def _gate(self, state: DecoderState, base: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate's logit (B,) and the features (B, 9) it read, from the z-free pass."""
+        plain_logits = masks_from_weights(base[:, None], state.upscaled)[:, 0]
+        iou = self.mask_decoder.iou_prediction_head(state.iou_token)
+        features = presence_features(plain_logits.detach(), iou.detach(), boxes, self.image_size)
+        return self.presence(features), features
+
+    @torch.no_grad()
+    def presence_inputs(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The gate's features (B, 9) alone: one z-free pass and no outlines (what fitting the gate needs)."""
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
+        state, base = self._plain_pass(embeddings, sparse, dense, self.prompt_encoder.get_dense_pe())
+        return self._gate(state, base, boxes)[1]
+
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor, with_gate: bool = True) -> Decoded:
+        """Embeddings (B, 256, 64, 64), boxes (B, 4), latents (B, S, D) -> S masks per box and the box's gate.
+
+        Training the outline passes `with_gate=False`: the gate is fitted afterwards, so its logit would be thrown
+        away, and for the prompt injection the z-free pass it reads would be one more transformer pass per step.
+        """
         batch, samples = z.shape[:2]
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
         image_pe = self.prompt_encoder.get_dense_pe()
-        with torch.no_grad():
-            state = run_transformer(self.mask_decoder, embeddings, image_pe, sparse, dense)
-        base = mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
-        plain_logits = masks_from_weights(base[:, None], state.upscaled)[:, 0]
-        all_iou = self.mask_decoder.iou_prediction_head(state.iou_token)
-        features = presence_features(plain_logits.detach(), all_iou.detach(), boxes, self.image_size)
-        presence_logit = self.presence(features)
+        if with_gate or self.injection == "hypernetwork":
+            state, base = self._plain_pass(embeddings, sparse, dense, image_pe)
+        presence_logit = self._gate(state, base, boxes)[0] if with_gate else None
         if self.injection == "prompt":
             sparse = (sparse[:, None] + self.z_to_prompt(z)[:, :, None]).flatten(0, 1)
             state = run_transformer(self.mask_decoder, embeddings.repeat_interleave(samples, 0), image_pe, sparse,
@@ -121,12 +142,13 @@ class ProbabilisticSAM(nn.Module):
             weights = mask_weights(self.mask_decoder, state.mask_tokens)[:, :1]
             logits = masks_from_weights(weights, state.upscaled).view(batch, samples, *state.upscaled.shape[-2:])
             iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, 0].view(batch, samples)
-            return Decoded(logits, iou, presence_logit, features)
+            return Decoded(logits, iou, presence_logit)
         token = state.mask_tokens[:, 0]
         delta = self.z_to_weights(torch.cat([token[:, None].expand(-1, samples, -1), z], dim=2))
         offset = self.z_to_offset(z)[..., None]
         logits = masks_from_weights(base[:, None] + delta, state.upscaled) + offset
-        return Decoded(logits, all_iou[:, :1].expand(batch, samples), presence_logit, features)
+        iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, :1].expand(batch, samples)
+        return Decoded(logits, iou, presence_logit)
 
     def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor,
                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,7 +162,7 @@ class ProbabilisticSAM(nn.Module):
         prior = self.prior(embeddings, box_map)
         posterior = self.posterior(embeddings, box_map, target_map)
         z = posterior[0] + torch.exp(posterior[1]) * torch.randn_like(posterior[0])
-        decoded = self.decode(embeddings, boxes, z[:, None])
+        decoded = self.decode(embeddings, boxes, z[:, None], with_gate=False)
         return decoded.logits[:, 0], kl_divergence(_detached(posterior), prior), kl_divergence(posterior, _detached(prior))
 
     @torch.no_grad()

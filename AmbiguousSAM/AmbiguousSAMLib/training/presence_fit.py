@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..heads.presence import PresenceGate, presence_loss
 from ..heads.probabilistic_sam import ProbabilisticSAM
@@ -25,12 +24,9 @@ def crop_features(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndar
     """Gate features (N, 9) and marked fractions (N,) for `rows`, boxes drawn as in training."""
     device = next(head.parameters()).device
     features, marked = [], []
-    zero = torch.zeros((1, 1, head.latent_dim), device=device)
     for start in range(0, len(rows), batch_size):
         batch = make_batch(rng, embeddings, masks, np.sort(rows[start:start + batch_size]), head.image_size)
-        decoded = head.decode(batch.embeddings.to(device), batch.boxes.to(device),
-                              zero.expand(len(batch.boxes), -1, -1))
-        features.append(decoded.presence_features.cpu())
+        features.append(head.presence_inputs(batch.embeddings.to(device), batch.boxes.to(device)).cpu())
         marked.append(batch.marked_fraction)
     return torch.cat(features), torch.cat(marked)
 
@@ -54,7 +50,5 @@ def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fra
     with torch.no_grad():  # W (x - m) / s + b = (W / s) x + (b - W m / s)
         first.bias.sub_(first.weight @ (mean / std))
         first.weight.div_(std)
-        head.presence.load_state_dict({k: v.to(next(head.presence.parameters()).device)
-                                       for k, v in gate.state_dict().items()})
-        return float(F.binary_cross_entropy_with_logits(head.presence(features.to(first.weight.device)),
-                                                        marked_fraction.to(first.weight.device)))
+        head.presence.load_state_dict(gate.state_dict())  # copies onto the head's device
+        return float(presence_loss(gate(features), marked_fraction))
