@@ -1,4 +1,4 @@
-"""`ambiguous-sam evaluate` and `tune-gate` end to end on a few real LIDC validation slices: one table row per
+"""`ambiguous-sam evaluate` and `tune-sampling` end to end on a few real LIDC validation slices: one table row per
 method, saved samples that re-score to the reported numbers, and a tuned head that loads."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from AmbiguousSAMLib import metrics
 from AmbiguousSAMLib.cli import main
@@ -54,12 +55,17 @@ def test_saved_samples_rescore_to_the_reported_numbers(evaluated) -> None:
         assert majority == pytest.approx(summary["methods"][name]["majority_dice"])
 
 
-def test_tune_gate_writes_a_head_with_one_of_the_offsets(evaluated, capsys) -> None:
+def test_tune_sampling_writes_a_head_with_the_chosen_pair(evaluated, capsys) -> None:
     out = evaluated / "tuned.pt"
-    argv = ["tune-gate", "--data", str(VAL), "--limit", "3", "--samples", "4", "--cache", str(evaluated / "cache"),
-            "--out", str(out), "--offsets", "-0.5", "0.0", "0.5"]
+    argv = ["tune-sampling", "--data", str(VAL), "--limit", "3", "--samples", "4", "--cache", str(evaluated / "cache"),
+            "--out", str(out), "--temperatures", "1", "2", "--offsets", "-0.5", "0.0", "0.5"]
     assert main(argv) == 0
     head = load_head(build_backbone(), out)
-    assert head.presence_offset in (-0.5, 0.0, 0.5)
+    assert head.presence_offset in (-0.5, 0.0, 0.5) and head.prior_temperature in (1.0, 2.0)
     printed = capsys.readouterr().out
-    assert printed.count("| -0.50") + printed.count("| +0.00") + printed.count("| +0.50") == 3
+    rows = [line for line in printed.splitlines() if line.startswith(("| 1.00 |", "| 2.00 |"))]
+    assert len(rows) == 6 and sum(line.count(" *") for line in rows) == 1
+    chosen = next(line for line in rows if " *" in line)
+    assert chosen.startswith(f"| {head.prior_temperature:.2f} | {head.presence_offset:+.2f} *")
+    tuning = torch.load(out, map_location="cpu", weights_only=True)["extra"]["sampling_tuning"]
+    assert len(tuning["table"]) == 6 and tuning["slices"] == 3

@@ -1,4 +1,4 @@
-"""`ambiguous-sam`: the command line of the core (demo, train, tune-gate, evaluate, segment)."""
+"""`ambiguous-sam`: the command line of the core (demo, train, tune-sampling, evaluate, segment)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         save_samples(args.save_samples, index, results)
 
 
-def _tune_gate(args: argparse.Namespace) -> None:
+def _tune_sampling(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
@@ -83,7 +83,7 @@ def _tune_gate(args: argparse.Namespace) -> None:
     from .predictor import Predictor
     from .crops import load_crops
     from .training.embedding_cache import EmbeddingCache
-    from .training.presence_tuning import SCORES, draw_ungated, tune_presence_offset
+    from .training.sampling_tuning import SCORES, tune_sampling
 
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
@@ -95,19 +95,23 @@ def _tune_gate(args: argparse.Namespace) -> None:
     cache = EmbeddingCache(args.cache)
     cache.build(args.data, rows, predictor, max_shift=0, seed=args.seed, progress=_progress("encode"))
     crops = load_crops(args.data, rows)
-    draws = draw_ungated(head, cache.embeddings(), crops.masks, crops.index, args.samples, args.seed)
-    best, table = tune_presence_offset(draws, args.offsets)
-    print("| offset | " + " | ".join(f"{k} (tune)" for k in SCORES) + " | " + " | ".join(f"{k} (check)" for k in SCORES) + " |")
-    print("|" + "---|" * (1 + 2 * len(SCORES)))
+    best, table = tune_sampling(head, cache.embeddings(), crops.masks, crops.index, args.samples, args.seed,
+                                args.temperatures, args.offsets)
+    print("| temperature | offset | " + " | ".join(f"{k} (tune)" for k in SCORES) + " | "
+          + " | ".join(f"{k} (check)" for k in SCORES) + " |")
+    print("|" + "---|" * (2 + 2 * len(SCORES)))
     for entry in table:
         cells = [f"{entry[half][k]:.3f}" for half in ("tune", "check") for k in SCORES]
-        print(f"| {entry['offset']:+.2f}{' *' if entry['offset'] == best else ''} | " + " | ".join(cells) + " |")
-    head.presence_offset = best
+        chosen = " *" if entry is best else ""
+        print(f"| {entry['temperature']:.2f} | {entry['offset']:+.2f}{chosen} | " + " | ".join(cells) + " |")
+    head.prior_temperature, head.presence_offset = best["temperature"], best["offset"]
     payload = torch.load(head_path, map_location="cpu", weights_only=True)
-    extra = {**payload["extra"], "presence_offset_tuning": {"data": str(args.data), "slices": int(len(rows)),
-                                                            "seed": args.seed, "table": table}}
+    extra = {key: value for key, value in payload["extra"].items() if key != "presence_offset_tuning"}
+    extra["sampling_tuning"] = {"data": str(args.data), "slices": int(len(rows)), "seed": args.seed,
+                                "samples": args.samples, "table": table}
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
-    print(f"offset {best:+.2f} (lowest GED on the even slices); wrote {args.out}")
+    print(f"temperature {best['temperature']:.2f}, offset {best['offset']:+.2f} (lowest GED on the even slices); "
+          f"wrote {args.out}")
 
 
 def _segment(args: argparse.Namespace) -> None:
@@ -216,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--save-samples", help="write samples (N, K, H, W) and index (N,) to this npz")
     _add_model_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
-    tune = commands.add_parser("tune-gate", help="choose the presence gate's offset on validation slices")
+    tune = commands.add_parser("tune-sampling", help="choose the prior's temperature and the presence gate's "
+                                                     "offset on validation slices")
     tune.add_argument("--data", required=True, help="npz in the lidc-crops format (validation split)")
     tune.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
     tune.add_argument("--cache", required=True, help="embedding cache folder (reused across runs)")
@@ -224,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True, help="where to write the tuned head file")
     tune.add_argument("--samples", type=int, default=16)
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--offsets", type=float, nargs="+", default=[-1.2, -0.9, -0.6, -0.3, 0.0, 0.3])
+    tune.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    tune.add_argument("--offsets", type=float, nargs="+", default=[-0.9, -0.6, -0.3, 0.0, 0.3])
     _add_model_options(tune)
-    tune.set_defaults(run=_tune_gate, precision="bf16")
+    tune.set_defaults(run=_tune_sampling, precision="bf16")
     segment = commands.add_parser("segment", help="K candidates + uncertainty for the lesion in a box of a CT volume")
     segment.add_argument("input", nargs="?", help=".nrrd, .nii(.gz), .mha or a DICOM series folder")
     segment.add_argument("--box", nargs=4, type=float, metavar=("I0", "J0", "I1", "J1"), help="voxel box on --slice")

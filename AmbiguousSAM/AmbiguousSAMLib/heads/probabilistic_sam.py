@@ -9,7 +9,8 @@ Two places to inject z, one class:
   is dominated by the 256-d token, z was ignored and the posterior collapsed). K samples then cost one
   decoder pass and K dot products.
 A presence gate (presence.py) decides per sample whether the lesion is marked at all; the latent then only
-models the outline of a marked lesion. The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
+models the outline of a marked lesion. Two numbers tuned on validation slices after training adjust sampling:
+the gate's logit offset and a temperature on the prior's sigma (training/sampling_tuning.py). The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
 and the hypernetwork MLPs are trained: back-propagating through the decoder's transformer costs ~0.7 s per
 crop on a CPU, ten times the rest, so its body stays frozen (and, for the hypernetwork injection, runs without
 autograd). The new layers start near zero, so an untrained head stays close to the backbone's deterministic mask.
@@ -75,15 +76,19 @@ class ProbabilisticSAM(nn.Module):
     """Prior/posterior nets + a fine-tunable SAM decoder that turns (embedding, box, z) into a mask."""
 
     def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6,
-                 presence_offset: float = 0.0) -> None:
+                 presence_offset: float = 0.0, prior_temperature: float = 1.0) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
         self.name = f"probabilistic_sam_{injection}"
         self.injection = injection
         self.latent_dim = latent_dim
-        #: Added to the gate's logit when sampling; tuned on validation slices (training/presence_tuning.py).
+        #: Added to the gate's logit when sampling; tuned on validation slices (training/sampling_tuning.py).
         self.presence_offset = float(presence_offset)
+        #: Scales the prior's sigma when sampling. The raters' posteriors sit inside the prior in z, yet the
+        #: outlines decoded at the prior's spread vary less than the raters' do (the KL term pulls the posteriors
+        #: together), so a temperature above 1 is tuned on validation slices to restore the spread.
+        self.prior_temperature = float(prior_temperature)
         self.image_size = backbone.image_size
         self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
         self.mask_decoder = copy.deepcopy(backbone.mask_decoder)
@@ -179,9 +184,9 @@ class ProbabilisticSAM(nn.Module):
 
     @torch.no_grad()
     def draw(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Decoded:
-        """One ungated outline per row of `noise` (z = mu + sigma * noise under this slice's prior)."""
+        """One ungated outline per row of `noise` (z = mu + temperature * sigma * noise under this slice's prior)."""
         mu, log_sigma = self.prior(embedding, box_channel(box, self.image_size))
-        z = mu + torch.exp(log_sigma) * noise.normal.to(mu.device)
+        z = mu + self.prior_temperature * torch.exp(log_sigma) * noise.normal.to(mu.device)
         return self.decode(embedding, box, z[None])
 
     @torch.no_grad()

@@ -1,10 +1,15 @@
-"""Tune the presence gate's logit offset on validation slices, choosing on one half and checking on the other.
+"""Tune how the head samples on validation slices, choosing on one half and checking on the other.
 
-The gate is fitted for calibration (BCE against the share of raters), but the protocol's scores are
-asymmetric: a sample drawn where most raters saw nothing costs GED and the majority vote more than an empty
-sample where they did. A single offset on the gate's logit trades the two; it is chosen by GED on the even
-slices of the tuning set and reported on the odd ones, so the choice is not graded on the data it was made
-on. Outlines are decoded once per slice; each offset only re-applies the gate.
+Two numbers, both set after training:
+- The presence gate's logit offset. The gate is fitted for calibration (BCE against the share of raters), but
+  the protocol's scores are asymmetric: a sample drawn where most raters saw nothing costs GED and the majority
+  vote more than an empty sample where they did.
+- The prior's temperature. Outlines decoded at the prior's own spread vary less than the raters' outlines do,
+  so sampling z with a wider sigma can match the raters better (HM-IoU shows whether the wider samples stay
+  plausible).
+The pair with the lowest GED on the even slices of the tuning set is chosen and the odd slices are reported, so
+the choice is not graded on the data it was made on. Outlines are decoded once per temperature; each offset
+only re-applies the gate.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ class UngatedDraws:
 @torch.no_grad()
 def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
                  samples: int, seed: int) -> UngatedDraws:
-    """Decode every slice as `evaluate` does (protocol box, seed + row) but keep the gate's decision apart."""
+    """Decode every slice as `evaluate` does (protocol box, seed + row, the head's temperature) but keep the
+    gate's decision apart."""
     device = next(head.parameters()).device
     geometry = resized_geometry(masks.shape[-2:], head.image_size)
     draws = UngatedDraws([], [], np.zeros(len(rows), np.float32), [])
@@ -64,10 +70,29 @@ def score_offset(draws: UngatedDraws, offset: float, slices: range) -> dict[str,
     return {key: float(np.mean([s[key] for s in per_slice])) for key in SCORES}
 
 
-def tune_presence_offset(draws: UngatedDraws, offsets: list[float]) -> tuple[float, list[dict]]:
-    """The offset with the lowest GED on the even slices, and every offset's scores on both halves."""
+def score_offsets(draws: UngatedDraws, offsets: list[float]) -> list[dict]:
+    """Every offset's scores on the tuning (even) and the check (odd) slices."""
     count = len(draws.outlines)
-    table = [{"offset": float(o), "tune": score_offset(draws, o, range(0, count, 2)),
-              "check": score_offset(draws, o, range(1, count, 2))} for o in offsets]
-    best = min(table, key=lambda entry: entry["tune"]["ged"])
-    return best["offset"], table
+    return [{"offset": float(o), "tune": score_offset(draws, o, range(0, count, 2)),
+             "check": score_offset(draws, o, range(1, count, 2))} for o in offsets]
+
+
+def lowest_tuning_ged(table: list[dict]) -> dict:
+    """The table entry chosen: lowest GED on the tuning half (the check half plays no part)."""
+    return min(table, key=lambda entry: entry["tune"]["ged"])
+
+
+def tune_sampling(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
+                  samples: int, seed: int, temperatures: list[float], offsets: list[float]) -> tuple[dict, list[dict]]:
+    """Score every (temperature, offset) pair; return the chosen entry and the whole table. The head's own
+    temperature is left as it was: the caller decides whether to keep the choice."""
+    kept = head.prior_temperature
+    table = []
+    try:
+        for temperature in temperatures:
+            head.prior_temperature = float(temperature)
+            draws = draw_ungated(head, embeddings, masks, rows, samples, seed)
+            table += [{"temperature": float(temperature), **entry} for entry in score_offsets(draws, offsets)]
+    finally:
+        head.prior_temperature = kept
+    return lowest_tuning_ged(table), table

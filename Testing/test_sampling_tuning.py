@@ -1,4 +1,5 @@
-"""Tuning the presence gate's offset: chosen on one half of the slices, by GED, and stored with the head."""
+"""Tuning how the head samples (gate offset, prior temperature): chosen on one half of the slices, by GED, stored
+with the head and applied when sampling."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from AmbiguousSAMLib.heads.checkpoint import load_head, save_head
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.modeling.backbone import build_backbone
-from AmbiguousSAMLib.training.presence_tuning import UngatedDraws, score_offset, tune_presence_offset
+from AmbiguousSAMLib.training.sampling_tuning import UngatedDraws, lowest_tuning_ged, score_offset, score_offsets
 
 
 def constructed_draws() -> UngatedDraws:
@@ -32,10 +33,16 @@ def test_offset_scores_follow_the_protocol_on_a_constructed_case() -> None:
 
 
 def test_tuning_picks_the_lowest_ged_on_the_tuning_half() -> None:
-    best, table = tune_presence_offset(constructed_draws(), [0.0, -1.0, -np.log(9.0) - 1.6, -20.0])
-    assert best == -np.log(9.0) - 1.6
-    assert [entry["offset"] for entry in table] == [0.0, -1.0, best, -20.0]
+    table = score_offsets(constructed_draws(), [0.0, -1.0, -np.log(9.0) - 1.6, -20.0])
+    assert lowest_tuning_ged(table)["offset"] == -np.log(9.0) - 1.6
+    assert [entry["offset"] for entry in table] == [0.0, -1.0, -np.log(9.0) - 1.6, -20.0]
     assert all(set(entry) == {"offset", "tune", "check"} for entry in table)
+
+
+def test_the_check_half_plays_no_part_in_the_choice() -> None:
+    table = [{"offset": 0.0, "tune": {"ged": 0.3}, "check": {"ged": 0.1}},
+             {"offset": 1.0, "tune": {"ged": 0.2}, "check": {"ged": 0.9}}]
+    assert lowest_tuning_ged(table)["offset"] == 1.0
 
 
 def test_offset_is_stored_with_the_head_and_applied_when_sampling(tmp_path) -> None:
@@ -52,3 +59,27 @@ def test_offset_is_stored_with_the_head_and_applied_when_sampling(tmp_path) -> N
     assert loaded.presence_offset == head.presence_offset
     blank = (loaded.sample(embedding, box, k=16, seed=0).logits == -20.0).flatten(1).all(dim=1)
     assert int((~blank).sum()) == 12
+
+
+def test_temperature_scales_the_prior_sigma_and_is_stored(tmp_path) -> None:
+    """With the hypernetwork's z -> weights branch silenced, a sample's logits are the z-free mask plus a term
+    linear in z, and z = mu + T * sigma * noise: so the shift away from the T = 0 sample doubles with T."""
+    backbone = build_backbone()
+    head = ProbabilisticSAM(backbone).eval()
+    with torch.no_grad():
+        head.z_to_weights[-1].weight.zero_()
+        head.z_to_offset.weight.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
+    embedding = torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(0))
+    box = torch.tensor([[80.0, 90.0, 160.0, 170.0]])
+    noise = head.draw_noise(4, seed=3)
+    logits = {}
+    for temperature in (0.0, 1.0, 2.0):
+        head.prior_temperature = temperature
+        logits[temperature] = head.draw(embedding, box, noise).logits[0]
+    assert torch.allclose(logits[0.0], logits[0.0][:1].expand_as(logits[0.0]))  # T = 0: every sample is mu's
+    shift = logits[1.0] - logits[0.0]
+    assert shift.abs().max() > 0.1
+    torch.testing.assert_close(logits[2.0] - logits[0.0], 2 * shift, atol=1e-4, rtol=1e-4)
+    head.prior_temperature = 2.5
+    save_head(head, tmp_path / "tuned.pt", "litemedsam")
+    assert load_head(backbone, tmp_path / "tuned.pt").prior_temperature == 2.5
