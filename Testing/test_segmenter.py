@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from AmbiguousSAMLib.errors import InvalidBoxError, InvalidImageError
 from AmbiguousSAMLib.metrics import dice, generalized_energy_distance
-from AmbiguousSAMLib.segmenter import LesionSegmenter
+from AmbiguousSAMLib.segmenter import PROPAGATION_MARGIN, LesionSegmenter, _SliceResult
 
 from conftest import LIDC_DEMO_CT
 
@@ -135,3 +135,29 @@ def test_mr_like_intensities_need_explicit_consent(segmenter: LesionSegmenter) -
         segmenter.segment(volume, (28, 36, 52, 60), 6, samples=2)
     result = segmenter.segment(volume, (28, 36, 52, 60), 6, samples=2, allow_non_ct=True, propagate=False)
     assert result.candidates.shape[0] == 2
+
+
+def test_next_box_follows_what_a_quarter_of_the_marked_candidates_mark() -> None:
+    """Training boxes surround four raters' union; one wide candidate of 16 must not set the next slice's box,
+    and empty candidates do not count against the share."""
+    probs = np.zeros((16, 64, 64), np.float32)
+    probs[:12, 20:30, 20:30] = 1.0  # the lesion, in 12 candidates
+    probs[:3, 10:40, 10:40] = 1.0  # three wide ones: 3 of 12 marked = 25 %
+    probs[3, 5:50, 5:50] = 1.0  # and one wider still: 1 of 12
+    origin = (100, 200)
+    box = LesionSegmenter._next_box(_SliceResult(5, origin, probs, np.zeros(16)), (20, 512, 512))
+    m = PROPAGATION_MARGIN
+    np.testing.assert_array_equal(box, [200 + 10 - m, 100 + 10 - m, 200 + 39 + m, 100 + 39 + m])
+    probs[:2] = 0.0  # two of the wide ones vanish: 1 of 10 marked is below a quarter
+    box = LesionSegmenter._next_box(_SliceResult(5, origin, probs, np.zeros(16)), (20, 512, 512))
+    np.testing.assert_array_equal(box, [200 + 20 - m, 100 + 20 - m, 200 + 29 + m, 100 + 29 + m])
+
+
+def test_next_box_falls_back_to_the_best_agreement_and_stops_when_all_vanish() -> None:
+    probs = np.zeros((6, 64, 64), np.float32)
+    for i in range(6):  # six disjoint candidates: every marked pixel has a share of 1/6, below a quarter
+        probs[i, 10 * i:10 * i + 5, 20:25] = 1.0
+    box = LesionSegmenter._next_box(_SliceResult(0, (0, 0), probs, np.zeros(6)), (1, 512, 512))
+    m = PROPAGATION_MARGIN
+    np.testing.assert_array_equal(box, [20 - m, 0, 24 + m, 54 + m])
+    assert LesionSegmenter._next_box(_SliceResult(0, (0, 0), np.zeros_like(probs), np.zeros(6)), (1, 512, 512)) is None

@@ -3,9 +3,10 @@
 The data flow of DESIGN.md: the box on slice k is followed up and down through the slices. Each slice is
 cropped around the lesion at native resolution (like the training crops: at least 128 px, ~2.7x the box)
 and min-max normalised as the crops were. The K latent draws are fixed per lesion (one seed for every
-slice), so candidate i is one 3D hypothesis. The next slice's box is the union of the current candidates
-plus a margin; propagation stops when every candidate has vanished, when the consensus shrinks to a fifth of
-its clicked-slice area, or at 0.6 box diameters from the clicked slice. Embeddings are cached per (slice, crop
+slice), so candidate i is one 3D hypothesis. The next slice's box surrounds the pixels that a quarter of the
+marked candidates mark (the analogue of the raters' union the head was trained with) plus a margin;
+propagation stops when every candidate has vanished, when the consensus shrinks to a fifth of its
+clicked-slice area, or at 0.6 box diameters from the clicked slice. Embeddings are cached per (slice, crop
 window), and the crop window is fixed per lesion, so re-running with another K or seed only decodes.
 
 A box drawn by a user says "there is a lesion here", which a radiologist who left the slice unmarked did not.
@@ -47,6 +48,11 @@ MIN_CROP = 128
 CROP_TO_BOX = 2.7
 #: Pixels added around the candidates' union to make the next slice's box (training used 1-6).
 PROPAGATION_MARGIN = 3
+#: The next slice's box covers pixels marked by at least this share of the marked candidates. Training boxes
+#: surround the union of four radiologists, i.e. pixels that one in four marked; the union of all K candidates
+#: reaches further the more (and the more diverse) they are, and a box that grows makes every candidate on the
+#: next slice grow with it.
+BOX_SHARE = 0.25
 #: A lesion is followed at most this many box diameters (mm) above and below the clicked slice: nodules are
 #: roughly as deep as they are wide, and SAM, given a box, always finds *something* (vessels, pleura).
 MAX_HALF_EXTENT_PER_DIAMETER = 0.6
@@ -224,10 +230,14 @@ class LesionSegmenter:
 
     @staticmethod
     def _next_box(current: _SliceResult, shape: tuple[int, int, int]) -> np.ndarray | None:
-        union = (current.probs > 0.5).any(axis=0)
-        if not union.any():
+        """The box for the next slice: around the pixels that at least BOX_SHARE of the marked candidates mark
+        (or, if none reach it, those the most do), plus a margin; None when every candidate has vanished."""
+        masks = current.probs > 0.5
+        marked = masks.reshape(len(masks), -1).any(axis=1)
+        if not marked.any():
             return None
-        rows, cols = np.nonzero(union)
+        share = masks[marked].mean(axis=0)
+        rows, cols = np.nonzero(share >= min(BOX_SHARE, share.max()))
         j0, i0 = current.origin
         box = np.array([cols.min() + i0 - PROPAGATION_MARGIN, rows.min() + j0 - PROPAGATION_MARGIN,
                         cols.max() + i0 + PROPAGATION_MARGIN, rows.max() + j0 + PROPAGATION_MARGIN], dtype=np.float64)
