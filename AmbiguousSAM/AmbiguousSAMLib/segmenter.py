@@ -46,7 +46,7 @@ from .uncertainty import compute_uncertainty
 #: The training crops were 128 px with the nodule at ~1/2.7 of the side; inference crops match that.
 MIN_CROP = 128
 CROP_TO_BOX = 2.7
-#: Pixels added around the candidates' union to make the next slice's box (training used 1-6).
+#: Pixels added around the marked area (see BOX_SHARE) to make the next slice's box (training used 1-6).
 PROPAGATION_MARGIN = 3
 #: The next slice's box covers pixels marked by at least this share of the marked candidates. Training boxes
 #: surround the union of four radiologists, i.e. pixels that one in four marked; the union of all K candidates
