@@ -83,7 +83,8 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     from .predictor import Predictor
     from .crops import load_crops
     from .training.embedding_cache import EmbeddingCache
-    from .training.sampling_tuning import SCORES, tune_sampling
+    from .metrics import MEAN_SCORES
+    from .training.sampling_tuning import tune_sampling
 
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
@@ -97,11 +98,11 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     crops = load_crops(args.data, rows)
     best, table = tune_sampling(head, cache.embeddings(), crops.masks, crops.index, args.samples, args.seed,
                                 args.temperatures, args.offsets)
-    print("| temperature | offset | " + " | ".join(f"{k} (tune)" for k in SCORES) + " | "
-          + " | ".join(f"{k} (check)" for k in SCORES) + " |")
-    print("|" + "---|" * (2 + 2 * len(SCORES)))
+    print("| temperature | offset | " + " | ".join(f"{k} (tune)" for k in MEAN_SCORES) + " | "
+          + " | ".join(f"{k} (check)" for k in MEAN_SCORES) + " |")
+    print("|" + "---|" * (2 + 2 * len(MEAN_SCORES)))
     for entry in table:
-        cells = [f"{entry[half][k]:.3f}" for half in ("tune", "check") for k in SCORES]
+        cells = [f"{entry[half][k]:.3f}" for half in ("tune", "check") for k in MEAN_SCORES]
         chosen = " *" if entry is best else ""
         print(f"| {entry['temperature']:.2f} | {entry['offset']:+.2f}{chosen} | " + " | ".join(cells) + " |")
     head.prior_temperature, head.presence_offset = best["temperature"], best["offset"]

@@ -252,13 +252,9 @@ def expected_calibration_error(mean_probability: np.ndarray, rater_frequency: np
     return accumulator.value()
 
 
-def score_slice(samples: np.ndarray, sample_probs: np.ndarray, raters: np.ndarray) -> dict[str, float]:
-    """Every per-slice score of the protocol: ged, hm_iou, d_avg, majority_dice, ncc (nan when undefined).
-
-    `samples` (N, H, W) are the binarised samples, `sample_probs` the same samples as probabilities (for NCC),
-    `raters` (R, H, W) all rater masks, empty ones included. One IoU matrix over samples and raters together
-    serves both GED and HM-IoU.
-    """
+def mask_scores(samples: np.ndarray, raters: np.ndarray) -> dict[str, float]:
+    """The protocol's scores of binary samples (N, H, W) against all raters (R, H, W): ged, hm_iou, d_avg,
+    majority_dice. One IoU matrix over samples and raters together serves both GED and HM-IoU."""
     flat_samples, flat_raters = _as_flat_pair(samples, raters)
     num_samples = flat_samples.shape[0]
     samples_and_raters = np.concatenate([flat_samples, flat_raters])
@@ -270,8 +266,16 @@ def score_slice(samples: np.ndarray, sample_probs: np.ndarray, raters: np.ndarra
         "hm_iou": _hungarian_from_iou(iou_samples_raters),
         "d_avg": average_dice(flat_samples, flat_raters),
         "majority_dice": majority_dice(flat_samples, flat_raters),
-        "ncc": normalized_cross_correlation(sample_probs, raters),
     }
+
+
+def score_slice(samples: np.ndarray, sample_probs: np.ndarray, raters: np.ndarray) -> dict[str, float]:
+    """Every per-slice score of the protocol: those of `mask_scores` and ncc (nan when undefined).
+
+    `samples` (N, H, W) are the binarised samples, `sample_probs` the same samples as probabilities (for NCC),
+    `raters` (R, H, W) all rater masks, empty ones included.
+    """
+    return {**mask_scores(samples, raters), "ncc": normalized_cross_correlation(sample_probs, raters)}
 
 
 def aggregate(per_slice: list[dict[str, float]]) -> dict[str, float | int]:

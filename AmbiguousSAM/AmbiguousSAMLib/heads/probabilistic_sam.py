@@ -10,7 +10,8 @@ Two places to inject z, one class:
   decoder pass and K dot products.
 A presence gate (presence.py) decides per sample whether the lesion is marked at all; the latent then only
 models the outline of a marked lesion. Two numbers tuned on validation slices after training adjust sampling:
-the gate's logit offset and a temperature on the prior's sigma (training/sampling_tuning.py). The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
+the gate's logit offset and a temperature on the prior's sigma (training/sampling_tuning.py).
+The decoder and prompt encoder are copies of the backbone's. Only the new layers, the prior/posterior nets
 and the hypernetwork MLPs are trained: back-propagating through the decoder's transformer costs ~0.7 s per
 crop on a CPU, ten times the rest, so its body stays frozen (and, for the hypernetwork injection, runs without
 autograd). The new layers start near zero, so an untrained head stays close to the backbone's deterministic mask.

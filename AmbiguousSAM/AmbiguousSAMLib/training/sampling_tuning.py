@@ -23,9 +23,6 @@ from .. import metrics
 from ..heads.probabilistic_sam import ProbabilisticSAM
 from ..preprocessing import postprocess_logits, resized_geometry
 
-SCORES = ("ged", "hm_iou", "d_avg", "majority_dice")
-
-
 @dataclass
 class UngatedDraws:
     """Per protocol slice: K ungated outlines at crop resolution, their ranks, the gate's logit, the raters."""
@@ -59,15 +56,9 @@ def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarr
 def score_offset(draws: UngatedDraws, offset: float, slices: range) -> dict[str, float]:
     """Mean protocol scores over `slices` with the gate's logit shifted by `offset`."""
     presence = 1 / (1 + np.exp(-(draws.presence_logits + offset)))
-    per_slice = []
-    for n in slices:
-        gated = draws.outlines[n] & (draws.ranks[n] < presence[n])[:, None, None]
-        raters = draws.raters[n]
-        per_slice.append({"ged": metrics.generalized_energy_distance(gated, raters),
-                          "hm_iou": metrics.hungarian_matched_iou(gated, raters),
-                          "d_avg": metrics.average_dice(gated, raters),
-                          "majority_dice": metrics.majority_dice(gated, raters)})
-    return {key: float(np.mean([s[key] for s in per_slice])) for key in SCORES}
+    per_slice = [metrics.mask_scores(draws.outlines[n] & (draws.ranks[n] < presence[n])[:, None, None],
+                                     draws.raters[n]) for n in slices]
+    return {key: float(np.mean([s[key] for s in per_slice])) for key in metrics.MEAN_SCORES}
 
 
 def score_offsets(draws: UngatedDraws, offsets: list[float]) -> list[dict]:
