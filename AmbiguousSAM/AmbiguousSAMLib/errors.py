@@ -23,3 +23,7 @@ class CheckpointError(AmbiguousSAMError, RuntimeError):
 
 class CancelledError(AmbiguousSAMError):
     """The user cancelled a run; whatever it had started is discarded."""
+
+
+class ServerError(AmbiguousSAMError, RuntimeError):
+    """The inference server could not be reached, died, or answered something this client does not understand."""

@@ -6,8 +6,9 @@ and min-max normalised as the crops were. The K latent draws are fixed per lesio
 slice), so candidate i is one 3D hypothesis. The next slice's box surrounds the pixels that a quarter of the
 marked candidates mark (the analogue of the raters' union the head was trained with) plus a margin;
 propagation stops when every candidate has vanished, when the consensus shrinks to a fifth of its
-clicked-slice area, or at 0.6 box diameters from the clicked slice. Embeddings are cached per (slice, crop
-window), and the crop window is fixed per lesion, so re-running with another K or seed only decodes.
+clicked-slice area, or at 0.6 box diameters from the clicked slice (the crop and extent rules live in
+region.py, which cuts out everything a click can read). Embeddings are cached by the content of the encoded
+crop, and the crop window is fixed per lesion, so re-running with another K or seed only decodes.
 
 A box drawn by a user says "there is a lesion here", which a radiologist who left the slice unmarked did not.
 The head learnt from such radiologists that a faint lesion is often left unmarked: its presence gate gives
@@ -21,7 +22,7 @@ the lesion's extent above and below, as the raters do.
 
 from __future__ import annotations
 
-import math
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import CancelledError, InvalidBoxError, InvalidImageError
+from .errors import CancelledError
 from .heads.baselines import Deterministic
 from .heads.checkpoint import DEFAULT_HEAD, load_head
 from .heads.probabilistic_sam import LatentNoise
@@ -40,12 +41,10 @@ from .heads.sampler import Sampler
 from .lesion import LesionResult
 from .metrics import majority_vote, pairwise_iou
 from .predictor import Predictor
-from .preprocessing import postprocess_logits, resized_geometry
+from .preprocessing import ModelFrame
+from .region import LesionRegion, check_region, lesion_region
 from .uncertainty import compute_uncertainty
 
-#: The training crops were 128 px with the nodule at ~1/2.7 of the side; inference crops match that.
-MIN_CROP = 128
-CROP_TO_BOX = 2.7
 #: Pixels added around the marked area (see BOX_SHARE) to make the next slice's box (training used 1-6).
 PROPAGATION_MARGIN = 3
 #: The next slice's box covers pixels marked by at least this share of the marked candidates. Training boxes
@@ -53,13 +52,8 @@ PROPAGATION_MARGIN = 3
 #: reaches further the more (and the more diverse) they are, and a box that grows makes every candidate on the
 #: next slice grow with it.
 BOX_SHARE = 0.25
-#: A lesion is followed at most this many box diameters (mm) above and below the clicked slice: nodules are
-#: roughly as deep as they are wide, and SAM, given a box, always finds *something* (vessels, pleura).
-MAX_HALF_EXTENT_PER_DIAMETER = 0.6
 #: Propagation also stops when the consensus shrinks below this fraction of its area on the clicked slice.
 MIN_AREA_FRACTION = 0.2
-#: Volumes whose darkest voxel is above this are not CT in HU (CT has air at about -1000 HU).
-CT_AIR_THRESHOLD = -500.0
 #: Latents drawn per wanted candidate on the clicked slice, from which the first K non-empty ones are kept.
 CONDITIONING_POOL = 4
 
@@ -74,43 +68,6 @@ class _SliceResult:
     scores: np.ndarray  # (K,)
 
 
-def validate_volume(volume: np.ndarray, allow_non_ct: bool = False) -> np.ndarray:
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        hint = " It looks like a single slice; load the whole series." if volume.ndim == 2 else \
-            " Pick one channel/time point first." if volume.ndim == 4 else ""
-        raise InvalidImageError(f"Expected a 3D volume (k, j, i) but got shape {volume.shape}.{hint}")
-    if volume.dtype == bool or not np.issubdtype(volume.dtype, np.number) or np.iscomplexobj(volume):
-        raise InvalidImageError(f"The volume has dtype {volume.dtype}; a CT in HU (integers or floats) is expected.")
-    if min(volume.shape[1:]) < 8:
-        raise InvalidImageError(f"The volume's slices {volume.shape[1:]} are too small to segment.")
-    low = float(np.nanmin(volume))
-    if not allow_non_ct and low > CT_AIR_THRESHOLD:
-        raise InvalidImageError(
-            f"The volume's darkest voxel is {low:g}, but CT in Hounsfield units has air near -1000. It may be MR "
-            f"or a rescaled image; AmbiguousSAM's head was trained on chest CT. Pass allow_non_ct=True "
-            f"(--allow-non-ct) to segment it anyway, with min-max normalisation per crop."
-        )
-    return volume
-
-
-def validate_volume_box(box_ijk: tuple[float, float, float, float], slice_k: int, shape: tuple[int, int, int]) -> np.ndarray:
-    box = np.asarray(box_ijk, dtype=np.float64).reshape(-1)
-    if box.shape != (4,) or not np.isfinite(box).all():
-        raise InvalidBoxError(f"A box is four finite numbers (i0, j0, i1, j1); got {list(np.ravel(box_ijk))}.")
-    nk, nj, ni = shape
-    if not 0 <= int(slice_k) < nk:
-        raise InvalidBoxError(f"Slice {slice_k} is outside the volume's {nk} slices (0..{nk - 1}).")
-    i0, j0, i1, j1 = box
-    if i1 < i0 or j1 < j0:
-        raise InvalidBoxError(f"The box {box.tolist()} is inverted; give (i0, j0, i1, j1) with i0 <= i1, j0 <= j1.")
-    if i1 - i0 < 1 or j1 - j0 < 1:
-        raise InvalidBoxError(f"The box {box.tolist()} has zero size; drag a box around the whole lesion.")
-    if i1 < 0 or j1 < 0 or i0 > ni - 1 or j0 > nj - 1:
-        raise InvalidBoxError(f"The box {box.tolist()} lies outside the {ni} x {nj} slice; draw it on the lesion.")
-    return np.array([max(i0, 0), max(j0, 0), min(i1, ni - 1), min(j1, nj - 1)])
-
-
 def crop_slice(plane: np.ndarray, origin: tuple[int, int], side: int, fill: float) -> np.ndarray:
     """A side x side window of `plane` starting at (j, i) = origin, padded with `fill` beyond the edges."""
     out = np.full((side, side), fill, dtype=np.float32)
@@ -122,6 +79,15 @@ def crop_slice(plane: np.ndarray, origin: tuple[int, int], side: int, fill: floa
     return out
 
 
+def content_key(crop: np.ndarray) -> bytes:
+    """A digest of exactly what is encoded: two crops share an embedding only if their pixels are identical.
+
+    Object ids or volume names are no key: CPython reuses the id of a freed array, and the same name can hold
+    other voxels after an edit. Hashing a 128 x 128 float32 crop takes microseconds, encoding it ~0.5 s.
+    """
+    return hashlib.blake2b(np.ascontiguousarray(crop).tobytes() + repr(crop.shape).encode(), digest_size=20).digest()
+
+
 class LesionSegmenter:
     """A backbone + ambiguity head, ready to segment lesions in volumes (loads the models once)."""
 
@@ -131,8 +97,10 @@ class LesionSegmenter:
         self.predictor = Predictor(backbone=backbone, checkpoint=checkpoint, device=device, precision=precision,
                                    window=None)
         self.sampler: Sampler = self._load_sampler(head)
-        self._embeddings: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._embeddings: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
+        #: How many crops went through the encoder (the rest came from the cache); for tests and the server.
+        self.encoded_crops = 0
 
     def _load_sampler(self, head: str | Path | None) -> Sampler:
         if head is None or head == "deterministic":
@@ -144,14 +112,15 @@ class LesionSegmenter:
         """Forget cached slice embeddings (e.g. to time a cold click, or after the volume's voxels changed)."""
         self._embeddings.clear()
 
-    def embedding(self, volume_key: int, plane: np.ndarray, k: int, origin: tuple[int, int], side: int,
-                  fill: float) -> torch.Tensor:
-        key = (volume_key, k, origin, side)
+    def embedding(self, crop: np.ndarray) -> torch.Tensor:
+        """The encoder's output for one crop, from the cache when exactly these pixels were encoded before."""
+        key = content_key(crop)
         if key in self._embeddings:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
-        model_input, _ = self.predictor.prepare(crop_slice(plane, origin, side, fill))
+        model_input, _ = self.predictor.prepare(crop)
         embedding = self.predictor.encode(model_input)
+        self.encoded_crops += 1
         self._embeddings[key] = embedding
         if len(self._embeddings) > self._cache_size:
             self._embeddings.popitem(last=False)
@@ -162,36 +131,40 @@ class LesionSegmenter:
                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                 allow_non_ct: bool = False, propagate: bool = True) -> LesionResult:
         """Segment the lesion inside `box_ijk` (i0, j0, i1, j1) on axial slice `slice_k` of `volume` (k, j, i)."""
+        region = lesion_region(volume, box_ijk, slice_k, spacing, allow_non_ct)
+        return self.segment_region(region, samples, seed, progress, cancel, propagate)
+
+    def segment_region(self, region: LesionRegion, samples: int = 16, seed: int = 0,
+                       progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                       propagate: bool = True) -> LesionResult:
+        """Segment the lesion of a region cut by `lesion_region` (here, or by a client of the server).
+
+        The result is in the full volume's coordinates, identical to `segment` on the whole volume.
+        """
         started = time.perf_counter()
         if samples < 1:
             raise ValueError("samples must be at least 1")
-        volume = validate_volume(volume, allow_non_ct)
-        box = validate_volume_box(box_ijk, slice_k, volume.shape)
-        fill = float(np.nanmin(volume))
-        side = max(MIN_CROP, int(math.ceil(CROP_TO_BOX * max(box[2] - box[0], box[3] - box[1]))))
-        centre = ((box[1] + box[3]) / 2, (box[0] + box[2]) / 2)
-        origin = (int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2)))
-        diameter_mm = max((box[2] - box[0]) * float(spacing[0]), (box[3] - box[1]) * float(spacing[1]))
-        max_steps = max(1, int(round(MAX_HALF_EXTENT_PER_DIAMETER * diameter_mm / max(float(spacing[2]), 1e-3))))
+        check_region(region)
+        window = region.window
+        origin, side, slice_k = window.origin, window.side, region.slice_k
+        box = np.array(region.box, dtype=np.float64)
+        shape = tuple(region.volume_shape)
+        frame = ModelFrame.for_image((side, side), self.predictor.backbone.image_size)
+        local_origin = (origin[0] - region.offset[1], origin[1] - region.offset[2])
         report = progress or (lambda fraction, message: None)
-        volume_key = id(volume)
 
         def run_slice(k: int, slice_box: np.ndarray, noise: LatentNoise | None) -> _SliceResult:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("Cancelled by the user; nothing was changed.")
-            plane = volume[k]
-            if not np.isfinite(plane).all():
-                raise InvalidImageError(f"Slice {k} contains NaN or infinite voxels; fix the volume first.")
-            embedding = self.embedding(volume_key, plane, k, origin, side, fill)
+            embedding = self.embedding(crop_slice(region.plane(k), local_origin, side, region.fill))
             local = np.array([slice_box[0] - origin[1], slice_box[1] - origin[0],
                               slice_box[2] - origin[1], slice_box[3] - origin[0]], dtype=np.float32)
-            geometry = resized_geometry((side, side), self.predictor.backbone.image_size)
-            box_t = torch.from_numpy(np.clip(local, 0, side - 1) * geometry.scale)[None].to(self.predictor.device)
+            box_t = torch.from_numpy(frame.box_to_model(np.clip(local, 0, side - 1)))[None].to(self.predictor.device)
             if noise is None:
                 drawn = self.sampler.sample(embedding, box_t, samples, seed)
             else:
                 drawn = self.sampler.sample_with_noise(embedding, box_t, noise)
-            probs = torch.sigmoid(postprocess_logits(drawn.logits.float().cpu(), geometry)).numpy()
+            probs = torch.sigmoid(frame.logits_to_image(drawn.logits.float().cpu())).numpy()
             return _SliceResult(k, origin, probs.astype(np.float32), drawn.scores.float().cpu().numpy())
 
         report(0.0, f"slice {slice_k}")
@@ -210,17 +183,17 @@ class LesionSegmenter:
         if propagate:
             for direction in (1, -1):
                 current = results[0]
-                for step in range(1, max_steps + 1):
+                for step in range(1, window.max_steps + 1):
                     k = slice_k + direction * step
-                    next_box = self._next_box(current, volume.shape)
-                    if not 0 <= k < volume.shape[0] or next_box is None:
+                    next_box = self._next_box(current, shape)
+                    if not region.has_slice(k) or next_box is None:
                         break
                     current = run_slice(k, next_box, noise)
                     results.append(current)
                     report(min(0.95, len(results) / (len(results) + 4)), f"slice {k}")
                     if (current.probs.mean(axis=0) > 0.5).sum() < MIN_AREA_FRACTION * seed_area:
                         break
-        result = self._assemble(results, volume.shape, samples)
+        result = self._assemble(results, shape, samples)
         result.info.update({"seed": seed, "samples": samples, "slice": int(slice_k), "box_ijk": box.tolist(),
                             "crop_side": side, "sampler": self.sampler.name,
                             "backbone": self.predictor.backbone.spec.name, "precision": self.predictor.precision,

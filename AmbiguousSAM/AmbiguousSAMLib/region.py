@@ -1,0 +1,183 @@
+"""The part of a CT volume that one click can read, cut out before any model work.
+
+The segmenter crops every slice with one window fixed per lesion (centred on the clicked box, ~2.7x its size,
+at least 128 px) and follows the lesion at most a bounded number of slices up and down. Everything it can ever
+read is therefore known from the box alone: this module computes that block once, validates the volume and the
+box, and copies only that block. A full chest CT is ~70 MB; the block is ~1 MB, which is what travels to the
+inference server (a separate process, possibly a remote GPU), and the in-process path segments the very same
+block, so both give identical results by construction.
+
+Numpy order (k, j, i) throughout; boxes are (i0, j0, i1, j1) in continuous voxel indices (i = column, j = row).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidBoxError, InvalidImageError
+
+#: The training crops were 128 px with the nodule at ~1/2.7 of the side; inference crops match that.
+MIN_CROP = 128
+CROP_TO_BOX = 2.7
+#: A lesion is followed at most this many box diameters (mm) above and below the clicked slice: nodules are
+#: roughly as deep as they are wide, and SAM, given a box, always finds *something* (vessels, pleura).
+MAX_HALF_EXTENT_PER_DIAMETER = 0.6
+#: Volumes whose darkest voxel is above this are not CT in HU (CT has air at about -1000 HU).
+CT_AIR_THRESHOLD = -500.0
+
+
+@dataclass(frozen=True)
+class LesionWindow:
+    """Where one lesion's slices are cropped: the same square window on every slice, and how far to follow it."""
+
+    #: (j, i) of the window's first pixel in the full volume; may be negative (padded with the fill value).
+    origin: tuple[int, int]
+    #: Side of the square window in pixels.
+    side: int
+    #: Slices followed at most above and below the clicked one.
+    max_steps: int
+
+    @staticmethod
+    def for_box(box: tuple[float, float, float, float], spacing: tuple[float, float, float]) -> "LesionWindow":
+        """The window of a validated box: the one crop rule shared by the region and the segmenter."""
+        i0, j0, i1, j1 = box
+        side = max(MIN_CROP, int(math.ceil(CROP_TO_BOX * max(i1 - i0, j1 - j0))))
+        centre = ((j0 + j1) / 2, (i0 + i1) / 2)
+        origin = (int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2)))
+        diameter_mm = max((i1 - i0) * float(spacing[0]), (j1 - j0) * float(spacing[1]))
+        max_steps = max(1, int(round(MAX_HALF_EXTENT_PER_DIAMETER * diameter_mm / max(float(spacing[2]), 1e-3))))
+        return LesionWindow(origin, side, max_steps)
+
+
+@dataclass(frozen=True)
+class LesionRegion:
+    """The part of a CT volume one click can read: everything the segmenter needs, nothing more."""
+
+    #: (dk, dj, di) copy of the volume's voxels (original dtype) that the segmenter may read.
+    voxels: np.ndarray
+    #: (k0, j0, i0) of voxels[0, 0, 0] in the full volume.
+    offset: tuple[int, int, int]
+    #: (nk, nj, ni) of the full volume.
+    volume_shape: tuple[int, int, int]
+    #: (si, sj, sk) voxel size in mm.
+    spacing: tuple[float, float, float]
+    #: (i0, j0, i1, j1) in the full volume's voxel indices, validated and clipped to the volume.
+    box: tuple[float, float, float, float]
+    #: The axial slice the box is drawn on (full-volume index).
+    slice_k: int
+    #: The whole volume's darkest voxel: it pads crops beyond the volume's edges, as the training crops were.
+    fill: float
+
+    @property
+    def window(self) -> LesionWindow:
+        return LesionWindow.for_box(self.box, self.spacing)
+
+    def plane(self, k: int) -> np.ndarray:
+        """The region's part of full-volume slice k, as a (dj, di) array."""
+        return self.voxels[k - self.offset[0]]
+
+    def has_slice(self, k: int) -> bool:
+        return self.offset[0] <= k < self.offset[0] + self.voxels.shape[0]
+
+
+def validate_volume(volume: np.ndarray, allow_non_ct: bool = False) -> np.ndarray:
+    """Refuse what cannot be a CT volume before anything is copied or encoded."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        hint = " It looks like a single slice; load the whole series." if volume.ndim == 2 else \
+            " Pick one channel/time point first." if volume.ndim == 4 else ""
+        raise InvalidImageError(f"Expected a 3D volume (k, j, i) but got shape {volume.shape}.{hint}")
+    if volume.dtype == bool or not np.issubdtype(volume.dtype, np.number) or np.iscomplexobj(volume):
+        raise InvalidImageError(f"The volume has dtype {volume.dtype}; a CT in HU (integers or floats) is expected.")
+    if min(volume.shape[1:]) < 8:
+        raise InvalidImageError(f"The volume's slices {volume.shape[1:]} are too small to segment.")
+    low = float(np.nanmin(volume))
+    if not allow_non_ct and low > CT_AIR_THRESHOLD:
+        raise InvalidImageError(
+            f"The volume's darkest voxel is {low:g}, but CT in Hounsfield units has air near -1000. It may be MR "
+            f"or a rescaled image; AmbiguousSAM's head was trained on chest CT. Pass allow_non_ct=True "
+            f"(--allow-non-ct) to segment it anyway, with min-max normalisation per crop."
+        )
+    return volume
+
+
+def validate_volume_box(box_ijk: tuple[float, float, float, float], slice_k: int,
+                        shape: tuple[int, int, int]) -> tuple[float, float, float, float]:
+    """Check a box (i0, j0, i1, j1) on slice `slice_k` of a volume of `shape` and clip it to the slice."""
+    box = np.asarray(box_ijk, dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise InvalidBoxError(f"A box is four finite numbers (i0, j0, i1, j1); got {list(np.ravel(box_ijk))}.")
+    nk, nj, ni = shape
+    if not 0 <= int(slice_k) < nk:
+        raise InvalidBoxError(f"Slice {slice_k} is outside the volume's {nk} slices (0..{nk - 1}).")
+    i0, j0, i1, j1 = box
+    if i1 < i0 or j1 < j0:
+        raise InvalidBoxError(f"The box {box.tolist()} is inverted; give (i0, j0, i1, j1) with i0 <= i1, j0 <= j1.")
+    if i1 - i0 < 1 or j1 - j0 < 1:
+        raise InvalidBoxError(f"The box {box.tolist()} has zero size; drag a box around the whole lesion.")
+    if i1 < 0 or j1 < 0 or i0 > ni - 1 or j0 > nj - 1:
+        raise InvalidBoxError(f"The box {box.tolist()} lies outside the {ni} x {nj} slice; draw it on the lesion.")
+    return (float(max(i0, 0)), float(max(j0, 0)), float(min(i1, ni - 1)), float(min(j1, nj - 1)))
+
+
+def region_bounds(window: LesionWindow, slice_k: int, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """The (k, j, i) block of a volume of `shape` that a lesion window can read."""
+    nk, nj, ni = shape
+    (j0, i0), side = window.origin, window.side
+    return (slice(max(slice_k - window.max_steps, 0), min(slice_k + window.max_steps + 1, nk)),
+            slice(min(max(j0, 0), nj), min(max(j0 + side, 0), nj)),
+            slice(min(max(i0, 0), ni), min(max(i0 + side, 0), ni)))
+
+
+def lesion_region(volume: np.ndarray, box_ijk: tuple[float, float, float, float], slice_k: int,
+                  spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_non_ct: bool = False) -> LesionRegion:
+    """Validate the volume and the box, and copy the block of voxels that segmenting this lesion can read."""
+    volume = validate_volume(volume, allow_non_ct)
+    box = validate_volume_box(box_ijk, slice_k, volume.shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InvalidImageError(f"The voxel spacing {spacing} must be three positive numbers (mm).")
+    bounds = region_bounds(LesionWindow.for_box(box, spacing), int(slice_k), volume.shape)
+    region = LesionRegion(voxels=np.array(volume[bounds], copy=True),
+                          offset=tuple(int(b.start) for b in bounds), volume_shape=tuple(int(n) for n in volume.shape),
+                          spacing=spacing, box=box, slice_k=int(slice_k), fill=float(np.nanmin(volume)))
+    check_region(region)
+    return region
+
+
+def check_region(region: LesionRegion) -> None:
+    """Refuse a region that is inconsistent or holds unusable voxels (a region may arrive over the network).
+
+    Everything is checked here, before any model work: the block must be exactly the one its box reads, and it
+    must hold finite numbers only.
+    """
+    shape = tuple(region.volume_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InvalidImageError(f"The volume shape {shape} is not a 3D shape (k, j, i).")
+    box = validate_volume_box(region.box, region.slice_k, shape)
+    if box != tuple(region.box):
+        raise InvalidBoxError(f"The box {list(region.box)} reaches beyond the {shape[2]} x {shape[1]} slice; "
+                              "clip it to the volume.")
+    bounds = region_bounds(LesionWindow.for_box(box, region.spacing), region.slice_k, shape)
+    expected_offset = tuple(int(b.start) for b in bounds)
+    expected_shape = tuple(int(b.stop - b.start) for b in bounds)
+    voxels = region.voxels
+    if tuple(region.offset) != expected_offset or tuple(voxels.shape) != expected_shape:
+        raise InvalidImageError(
+            f"The region holds a {tuple(voxels.shape)} block at {tuple(region.offset)}, but its box needs the "
+            f"{expected_shape} block at {expected_offset}; build it with lesion_region()."
+        )
+    if voxels.dtype == bool or not np.issubdtype(voxels.dtype, np.number) or np.iscomplexobj(voxels):
+        raise InvalidImageError(f"The volume has dtype {voxels.dtype}; a CT in HU (integers or floats) is expected.")
+    if not math.isfinite(region.fill):
+        raise InvalidImageError("The volume's darkest voxel is not a finite number; fix the volume first.")
+    finite = np.isfinite(voxels)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0] + np.array(region.offset)
+        raise InvalidImageError(
+            f"The volume holds {int((~finite).sum())} NaN or infinite voxel(s) around the lesion (the first at "
+            f"(k, j, i) = {tuple(int(v) for v in bad)}); fix or mask them in the volume first."
+        )
