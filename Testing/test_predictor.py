@@ -10,8 +10,7 @@ from AmbiguousSAMLib.device import is_cuda_oom, resolve_device
 from AmbiguousSAMLib.errors import AmbiguousSAMError, InvalidBoxError, InvalidImageError
 from AmbiguousSAMLib.metrics import dice
 from AmbiguousSAMLib.predictor import Predictor
-from AmbiguousSAMLib.preprocessing import (box_to_model, image_to_tensor, normalize_intensities,
-                                           postprocess_logits, resized_geometry)
+from AmbiguousSAMLib.preprocessing import ModelFrame, normalize_intensities
 
 from conftest import LIDC_DEMO_CT, SHARED_DATA
 
@@ -40,18 +39,22 @@ def lidc() -> tuple[np.ndarray, list[np.ndarray]]:
 def test_preprocessing_follows_litemedsam_recipe() -> None:
     image = np.zeros((100, 200), np.float32)
     image[10:20, 30:40] = 5.0
-    geometry = resized_geometry(image.shape, 256)
-    assert geometry.resized_size == (128, 256) and geometry.scale == pytest.approx(1.28)
-    tensor = image_to_tensor(normalize_intensities(image, None), geometry)
+    frame = ModelFrame.for_image(image.shape, 256)
+    assert frame.resized_size == (128, 256) and frame.scale == pytest.approx(1.28)
+    tensor = frame.image_to_model(normalize_intensities(image, None))
     assert tensor.shape == (1, 3, 256, 256)
     assert float(tensor.max()) == pytest.approx(1.0) and float(tensor.min()) == 0.0
     assert torch.all(tensor[..., 128:, :] == 0)  # padded at the bottom
-    np.testing.assert_allclose(box_to_model(np.array([30.0, 10.0, 40.0, 20.0]), geometry), [38.4, 12.8, 51.2, 25.6],
+    np.testing.assert_allclose(frame.box_to_model(np.array([30.0, 10.0, 40.0, 20.0])), [38.4, 12.8, 51.2, 25.6],
                                rtol=1e-6)
     logits = torch.full((256, 256), -1.0)
     logits[:128, :] = 1.0
-    back = postprocess_logits(logits, geometry)
+    back = frame.logits_to_image(logits)
     assert back.shape == (100, 200) and bool((back > 0).all())
+    mask = np.zeros((100, 200), bool)
+    mask[:50] = True
+    target = frame.mask_to_model(mask)  # a training target lands where the image's pixels land
+    assert target.shape == (256, 256) and float(target[:64].min()) == 1.0 and float(target[64:].max()) == 0.0
 
 
 def test_hu_window_is_applied_before_min_max() -> None:

@@ -19,7 +19,7 @@ from . import metrics
 from .crops import load_crops, rows_with_raters
 from .heads.sampler import Sampler
 from .predictor import Predictor
-from .preprocessing import postprocess_logits, resized_geometry
+from .preprocessing import ModelFrame
 from .training.embedding_cache import EmbeddingCache
 
 
@@ -57,18 +57,17 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
         store.build(data, rows, predictor, max_shift=0, seed=seed)
         embeddings = store.embeddings()
     results = [MethodResult(s.name) for s in samplers]
-    geometry = resized_geometry(crops.images.shape[1:], predictor.backbone.image_size)
+    frame = ModelFrame.for_image(crops.images.shape[1:], predictor.backbone.image_size)
     for n, (image, raters) in enumerate(zip(crops.images, crops.masks)):
         if embeddings is not None:
             embedding = torch.from_numpy(np.asarray(embeddings[n], dtype=np.float32))[None].to(predictor.device)
         else:
             embedding = predictor.encode(predictor.prepare(image)[0])
-        box = np.array(metrics.protocol_box(raters), dtype=np.float32)
-        box_t = torch.from_numpy(box * geometry.scale)[None].to(predictor.device)
+        box_t = torch.from_numpy(frame.box_to_model(metrics.protocol_box(raters)))[None].to(predictor.device)
         for sampler, result in zip(samplers, results):
             start = time.perf_counter()
             drawn = sampler.sample(embedding, box_t, samples, seed + int(crops.index[n]))
-            probs = torch.sigmoid(postprocess_logits(drawn.logits.cpu(), geometry)).numpy()
+            probs = torch.sigmoid(frame.logits_to_image(drawn.logits.cpu())).numpy()
             result.decode_seconds.append(time.perf_counter() - start)
             binary = probs > 0.5
             result.per_slice.append(metrics.score_slice(binary, probs, raters))

@@ -19,8 +19,7 @@ from .errors import AmbiguousSAMError
 from .heads.checkpoint import load_head
 from .heads.sampler import Sampler
 from .modeling.backbone import Backbone, build_backbone
-from .preprocessing import (LUNG_WINDOW, Geometry, box_to_model, image_to_tensor, normalize_intensities,
-                            postprocess_logits, resized_geometry, validate_box, validate_slice)
+from .preprocessing import LUNG_WINDOW, ModelFrame, normalize_intensities, validate_box, validate_slice
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Predictor:
         self.precision = precision
         self.window = window
         self.embedding: torch.Tensor | None = None
-        self.geometry: Geometry | None = None
+        self.geometry: ModelFrame | None = None
         #: The ambiguity head `sample` uses; loaded from the shipped checkpoint on first use.
         self.head: Sampler | None = None
 
@@ -73,13 +72,13 @@ class Predictor:
             self.embedding = self.embedding.to(self.device)
         return self
 
-    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, ModelFrame]:
         """Validate, normalise and resize a slice into the model's (1, 3, S, S) input."""
         image = np.asarray(image)
         window = None if image.dtype == np.uint8 else self.window
         pixels = validate_slice(image)
-        geometry = resized_geometry(pixels.shape, self.backbone.image_size)
-        return image_to_tensor(normalize_intensities(pixels, window), geometry), geometry
+        frame = ModelFrame.for_image(pixels.shape, self.backbone.image_size)
+        return frame.image_to_model(normalize_intensities(pixels, window)), frame
 
     def encode(self, model_input: torch.Tensor) -> torch.Tensor:
         """Run the image encoder; on CUDA out-of-memory, warn and continue on the CPU."""
@@ -110,7 +109,7 @@ class Predictor:
         if self.geometry is None:
             raise AmbiguousSAMError("No image is set: call set_image(slice) before predicting.")
         box = validate_box(box, self.geometry.original_size)
-        return torch.from_numpy(box_to_model(box, self.geometry))[None].to(self.device)
+        return torch.from_numpy(self.geometry.box_to_model(box))[None].to(self.device)
 
     @torch.no_grad()
     def decode(self, box: torch.Tensor, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +126,7 @@ class Predictor:
         if self.head is None:
             self.head = load_head(self.backbone).to(self.device)
         drawn = self.head.sample(self.embedding_or_fail(), self.model_box(box), k, seed)
-        probs = torch.sigmoid(postprocess_logits(drawn.logits.float().cpu(), self.geometry)).numpy()
+        probs = torch.sigmoid(self.geometry.logits_to_image(drawn.logits.float().cpu())).numpy()
         return SampledMasks(probabilities=probs, scores=drawn.scores.float().cpu().numpy())
 
     def embedding_or_fail(self) -> torch.Tensor:
@@ -138,5 +137,5 @@ class Predictor:
     def predict(self, box: np.ndarray | list[float] | tuple[float, ...]) -> Prediction:
         """One deterministic mask for a box (x0, y0, x1, y1) in the slice's pixel coordinates (x = column)."""
         logits, iou = self.decode(self.model_box(box))
-        full = postprocess_logits(logits[0, 0].cpu(), self.geometry)
+        full = self.geometry.logits_to_image(logits[0, 0].cpu())
         return Prediction(mask=(full > 0).numpy(), iou=float(iou[0, 0]), logits=logits[0, 0].cpu().numpy())

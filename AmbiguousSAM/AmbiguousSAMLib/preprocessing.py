@@ -2,7 +2,8 @@
 
 Follows LiteMedSAM's recipe so the pretrained weights see what they were trained on: intensities to [0, 1]
 (CT in HU windowed first), longest side resized to the model's input size, zero padding at the bottom and
-right, the box scaled by the same factor. `postprocess_logits` undoes resize and padding exactly.
+right, the box scaled by the same factor (`ModelFrame`); `ModelFrame.logits_to_image` undoes resize and padding
+exactly.
 """
 
 from __future__ import annotations
@@ -20,16 +21,58 @@ LUNG_WINDOW = (-1350.0, 150.0)
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """How a slice of `original_size` (rows, cols) was resized to `resized_size` inside a `model_size` square."""
+class ModelFrame:
+    """How a slice of `original_size` (rows, cols) maps into the model's `model_size` square input, and back.
+
+    The one transform between slice pixels and the model's frame (segment_anything's `ResizeLongestSide`): the
+    longest side is resized to `model_size`, the rest zero-padded at the bottom and right. Images, boxes, target
+    masks and output logits all go through these methods, so the scale rule exists once.
+    """
 
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
     model_size: int
 
+    @staticmethod
+    def for_image(original_size: tuple[int, int], model_size: int) -> "ModelFrame":
+        rows, cols = original_size
+        scale = model_size / max(rows, cols)
+        return ModelFrame((int(rows), int(cols)), (max(1, int(rows * scale + 0.5)), max(1, int(cols * scale + 0.5))),
+                          model_size)
+
     @property
     def scale(self) -> float:
         return self.resized_size[0] / self.original_size[0]
+
+    def box_to_model(self, box: np.ndarray) -> np.ndarray:
+        """A box (x0, y0, x1, y1) in slice pixels -> the same box in the model's input frame (float32)."""
+        return (np.asarray(box, dtype=np.float32) * self.scale).astype(np.float32)
+
+    def image_to_model(self, image01: np.ndarray) -> torch.Tensor:
+        """(rows, cols) in [0, 1] -> (1, 3, S, S): resized, zero-padded bottom/right, grey copied to RGB."""
+        tensor = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None, None]
+        if self.resized_size != self.original_size:
+            tensor = F.interpolate(tensor, size=self.resized_size, mode="bilinear", align_corners=False,
+                                   antialias=True)
+        size = self.model_size
+        tensor = F.pad(tensor, (0, size - self.resized_size[1], 0, size - self.resized_size[0]))
+        return tensor.expand(1, 3, size, size).contiguous()
+
+    def mask_to_model(self, mask: np.ndarray) -> torch.Tensor:
+        """(rows, cols) bool mask -> (S, S) float target, resized like the image (nearest) and zero-padded."""
+        tensor = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        tensor = F.interpolate(tensor, size=self.resized_size, mode="nearest")
+        size = self.model_size
+        return F.pad(tensor, (0, size - self.resized_size[1], 0, size - self.resized_size[0]))[0, 0]
+
+    def logits_to_image(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """(..., 256, 256) decoder logits -> (..., rows, cols) logits on the original slice (undoes resize and pad)."""
+        lead = low_res_logits.shape[:-2]
+        logits = low_res_logits.reshape(-1, 1, *low_res_logits.shape[-2:]).float()
+        logits = F.interpolate(logits, size=(self.model_size, self.model_size), mode="bilinear", align_corners=False)
+        logits = logits[..., : self.resized_size[0], : self.resized_size[1]]
+        logits = F.interpolate(logits, size=self.original_size, mode="bilinear", align_corners=False)
+        return logits.reshape(*lead, *self.original_size)
 
 
 def validate_slice(image: np.ndarray) -> np.ndarray:
@@ -62,21 +105,6 @@ def normalize_intensities(image: np.ndarray, window: tuple[float, float] | None)
     return (image - low) / max(high - low, 1e-8)
 
 
-def resized_geometry(original_size: tuple[int, int], model_size: int) -> Geometry:
-    rows, cols = original_size
-    scale = model_size / max(rows, cols)
-    return Geometry((rows, cols), (max(1, int(rows * scale + 0.5)), max(1, int(cols * scale + 0.5))), model_size)
-
-
-def image_to_tensor(image01: np.ndarray, geometry: Geometry) -> torch.Tensor:
-    """(rows, cols) in [0, 1] -> (1, 3, S, S): resized, zero-padded bottom/right, grey copied to RGB."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None, None]
-    if geometry.resized_size != geometry.original_size:
-        tensor = F.interpolate(tensor, size=geometry.resized_size, mode="bilinear", align_corners=False,
-                               antialias=True)
-    size = geometry.model_size
-    tensor = F.pad(tensor, (0, size - geometry.resized_size[1], 0, size - geometry.resized_size[0]))
-    return tensor.expand(1, 3, size, size).contiguous()
 
 
 def validate_box(box: np.ndarray | list[float] | tuple[float, ...], original_size: tuple[int, int]) -> np.ndarray:
@@ -100,19 +128,3 @@ def validate_box(box: np.ndarray | list[float] | tuple[float, ...], original_siz
             f"The box {box.tolist()} lies outside the {cols}x{rows} image; draw it on the lesion."
         )
     return np.array([max(x0, 0), max(y0, 0), min(x1, cols - 1), min(y1, rows - 1)], dtype=np.float64)
-
-
-def box_to_model(box: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Scale a validated box into the model's input frame."""
-    return (box * geometry.scale).astype(np.float32)
-
-
-def postprocess_logits(low_res_logits: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """(..., 256, 256) decoder logits -> (..., rows, cols) logits on the original slice."""
-    lead = low_res_logits.shape[:-2]
-    logits = low_res_logits.reshape(-1, 1, *low_res_logits.shape[-2:]).float()
-    logits = F.interpolate(logits, size=(geometry.model_size, geometry.model_size), mode="bilinear",
-                           align_corners=False)
-    logits = logits[..., : geometry.resized_size[0], : geometry.resized_size[1]]
-    logits = F.interpolate(logits, size=geometry.original_size, mode="bilinear", align_corners=False)
-    return logits.reshape(*lead, *geometry.original_size)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..preprocessing import resized_geometry
+from ..preprocessing import ModelFrame
 
 
 @dataclass
@@ -35,14 +34,6 @@ def union_box(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
                      min(cols.max() + margins[2], w - 1), min(rows.max() + margins[3], h - 1)], dtype=np.float32)
 
 
-def to_model_frame(mask: np.ndarray, model_size: int) -> torch.Tensor:
-    """(H, W) bool crop mask -> (S, S) float target, resized like the image and zero-padded."""
-    geometry = resized_geometry(mask.shape, model_size)
-    tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
-    tensor = F.interpolate(tensor, size=geometry.resized_size, mode="nearest")
-    return F.pad(tensor, (0, model_size - geometry.resized_size[1], 0, model_size - geometry.resized_size[0]))[0, 0]
-
-
 def make_batch(rng: np.random.Generator, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
                model_size: int, margin_range: tuple[int, int] = (1, 6)) -> Batch:
     """Gather cached embeddings for `rows`, one random rater each as the target."""
@@ -50,9 +41,10 @@ def make_batch(rng: np.random.Generator, embeddings: np.ndarray, masks: np.ndarr
     boxes, targets, marked = [], [], []
     for row in order:
         raters = masks[row]
+        frame = ModelFrame.for_image(raters.shape[-2:], model_size)
         box = union_box(raters, rng.integers(margin_range[0], margin_range[1] + 1, size=4))
-        boxes.append(box * model_size / max(raters.shape[-2:]))
-        targets.append(to_model_frame(raters[rng.integers(len(raters))], model_size))
+        boxes.append(frame.box_to_model(box))
+        targets.append(frame.mask_to_model(raters[rng.integers(len(raters))]))
         marked.append(raters.reshape(len(raters), -1).any(axis=1).mean())
     return Batch(embeddings=torch.from_numpy(np.asarray(embeddings[order], dtype=np.float32)),
                  boxes=torch.from_numpy(np.stack(boxes)), targets=torch.stack(targets),

@@ -21,7 +21,7 @@ import torch
 
 from .. import metrics
 from ..heads.probabilistic_sam import ProbabilisticSAM
-from ..preprocessing import postprocess_logits, resized_geometry
+from ..preprocessing import ModelFrame
 
 @dataclass
 class UngatedDraws:
@@ -39,14 +39,14 @@ def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarr
     """Decode every slice as `evaluate` does (protocol box, seed + row, the head's temperature) but keep the
     gate's decision apart."""
     device = next(head.parameters()).device
-    geometry = resized_geometry(masks.shape[-2:], head.image_size)
+    frame = ModelFrame.for_image(masks.shape[-2:], head.image_size)
     draws = UngatedDraws([], [], np.zeros(len(rows), np.float32), [])
     for n, row in enumerate(rows):
-        box = np.array(metrics.protocol_box(masks[n]), dtype=np.float32) * geometry.scale
+        box = frame.box_to_model(metrics.protocol_box(masks[n]))
         embedding = torch.from_numpy(np.asarray(embeddings[n], dtype=np.float32))[None].to(device)
         noise = head.draw_noise(samples, seed + int(row))
         decoded = head.draw(embedding, torch.from_numpy(box)[None].to(device), noise)
-        draws.outlines.append(postprocess_logits(decoded.logits[0].float().cpu(), geometry).numpy() > 0)
+        draws.outlines.append(frame.logits_to_image(decoded.logits[0].float().cpu()).numpy() > 0)
         draws.ranks.append(noise.ranks.numpy())
         draws.presence_logits[n] = float(decoded.presence_logit[0])
         draws.raters.append(masks[n].astype(bool))
