@@ -27,3 +27,7 @@ class CancelledError(AmbiguousSAMError):
 
 class ServerError(AmbiguousSAMError, RuntimeError):
     """The inference server could not be reached, died, or answered something this client does not understand."""
+
+
+class InvalidSettingError(AmbiguousSAMError, ValueError):
+    """A run setting (number of samples, seed, ...) is outside what AmbiguousSAM can honour."""

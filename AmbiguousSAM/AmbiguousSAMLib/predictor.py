@@ -18,6 +18,7 @@ from .device import autocast, is_cuda_oom, resolve_device
 from .errors import AmbiguousSAMError
 from .heads.checkpoint import load_head
 from .heads.sampler import Sampler
+from .limits import check_samples, check_seed
 from .modeling.backbone import Backbone, build_backbone
 from .preprocessing import LUNG_WINDOW, ModelFrame, normalize_intensities, validate_box, validate_slice
 
@@ -123,6 +124,7 @@ class Predictor:
 
     def sample(self, box: np.ndarray | list[float] | tuple[float, ...], k: int = 16, seed: int = 0) -> SampledMasks:
         """K plausible masks for a box from the ambiguity head (the shipped LIDC head unless `self.head` is set)."""
+        k, seed = check_samples(k), check_seed(seed)
         if self.head is None:
             self.head = load_head(self.backbone).to(self.device)
         drawn = self.head.sample(self.embedding_or_fail(), self.model_box(box), k, seed)

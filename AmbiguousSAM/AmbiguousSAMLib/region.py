@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidBoxError, InvalidImageError
+from .limits import check_box_size
 
 #: The training crops were 128 px with the nodule at ~1/2.7 of the side; inference crops match that.
 MIN_CROP = 128
@@ -27,6 +28,12 @@ CROP_TO_BOX = 2.7
 MAX_HALF_EXTENT_PER_DIAMETER = 0.6
 #: Volumes whose darkest voxel is above this are not CT in HU (CT has air at about -1000 HU).
 CT_AIR_THRESHOLD = -500.0
+#: A CT box whose voxels (1st to 99th percentile) span less than this many HU holds no lesion to outline: a
+#: nodule differs from lung parenchyma by hundreds of HU, while the model, given any box, outlines *something*.
+MIN_BOX_CONTRAST_HU = 20.0
+#: Each crop is min-max scaled, as the training crops were; a voxel this many times further from the crop's
+#: median than the crop's own 0.1-99.9 % spread is corrupt data and would scale the rest of the crop to one grey.
+MAX_OUTLIER_SPREADS = 100.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,13 @@ def region_bounds(window: LesionWindow, slice_k: int, shape: tuple[int, int, int
             slice(min(max(i0, 0), ni), min(max(i0 + side, 0), ni)))
 
 
+def darkest_voxel(volume: np.ndarray) -> float:
+    """The lowest finite voxel value: NaN or infinity elsewhere in the volume must not become the padding."""
+    if np.issubdtype(volume.dtype, np.integer):
+        return float(volume.min())
+    return float(np.min(volume, where=np.isfinite(volume), initial=np.inf))
+
+
 def lesion_region(volume: np.ndarray, box_ijk: tuple[float, float, float, float], slice_k: int,
                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_non_ct: bool = False) -> LesionRegion:
     """Validate the volume and the box, and copy the block of voxels that segmenting this lesion can read."""
@@ -143,7 +157,7 @@ def lesion_region(volume: np.ndarray, box_ijk: tuple[float, float, float, float]
     bounds = region_bounds(LesionWindow.for_box(box, spacing), int(slice_k), volume.shape)
     region = LesionRegion(voxels=np.array(volume[bounds], copy=True),
                           offset=tuple(int(b.start) for b in bounds), volume_shape=tuple(int(n) for n in volume.shape),
-                          spacing=spacing, box=box, slice_k=int(slice_k), fill=float(np.nanmin(volume)))
+                          spacing=spacing, box=box, slice_k=int(slice_k), fill=darkest_voxel(volume))
     check_region(region)
     return region
 
@@ -172,12 +186,46 @@ def check_region(region: LesionRegion) -> None:
         )
     if voxels.dtype == bool or not np.issubdtype(voxels.dtype, np.number) or np.iscomplexobj(voxels):
         raise InvalidImageError(f"The volume has dtype {voxels.dtype}; a CT in HU (integers or floats) is expected.")
-    if not math.isfinite(region.fill):
-        raise InvalidImageError("The volume's darkest voxel is not a finite number; fix the volume first.")
     finite = np.isfinite(voxels)
     if not finite.all():
         bad = np.argwhere(~finite)[0] + np.array(region.offset)
         raise InvalidImageError(
             f"The volume holds {int((~finite).sum())} NaN or infinite voxel(s) around the lesion (the first at "
             f"(k, j, i) = {tuple(int(v) for v in bad)}); fix or mask them in the volume first."
+        )
+    if not math.isfinite(region.fill):
+        raise InvalidImageError("The volume's darkest voxel is not a finite number; fix the volume first.")
+    check_box_size(box, region.spacing)
+    check_content(region)
+
+
+def check_content(region: LesionRegion) -> None:
+    """Refuse a box with nothing in it, and a crop that one corrupt voxel would blank.
+
+    Both would otherwise come back as a confident lesion (a constant -1000 HU volume gave four non-empty
+    candidates of about a real nodule's size) or as masks on a featureless grey crop.
+    """
+    plane = region.plane(region.slice_k).astype(np.float64)
+    i0, j0, i1, j1 = region.box
+    _, oj, oi = region.offset
+    inside = plane[int(math.floor(j0)) - oj:int(math.ceil(j1)) - oj + 1,
+                   int(math.floor(i0)) - oi:int(math.ceil(i1)) - oi + 1]
+    low, high = np.percentile(inside, [1, 99])
+    looks_like_hu = region.fill <= CT_AIR_THRESHOLD
+    if (looks_like_hu and high - low < MIN_BOX_CONTRAST_HU) or high <= low:
+        raise InvalidImageError(
+            f"The box on slice {region.slice_k} holds no structure: its voxels span only {high - low:.3g}"
+            f"{' HU' if looks_like_hu else ''} (1st-99th percentile, between {low:.6g} and {high:.6g}). "
+            "Check that the box is on the lesion and that the volume's voxels were loaded correctly."
+        )
+    spread_low, median, spread_high = np.percentile(plane, [0.1, 50, 99.9])
+    spread = max(spread_high - spread_low, 1e-6)
+    distance = np.abs(plane - median)
+    worst = np.unravel_index(int(np.argmax(distance)), plane.shape)
+    if distance[worst] > MAX_OUTLIER_SPREADS * spread:
+        k = region.slice_k
+        raise InvalidImageError(
+            f"Voxel (k, j, i) = ({k}, {worst[0] + oj}, {worst[1] + oi}) holds {plane[worst]:.6g}, far outside the "
+            f"rest of the slice around the lesion ({spread_low:.6g} to {spread_high:.6g}); it looks corrupt and would "
+            "wash out the image the model sees. Fix or mask that voxel in the volume first."
         )

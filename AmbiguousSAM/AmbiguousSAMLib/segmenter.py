@@ -39,6 +39,7 @@ from .heads.checkpoint import DEFAULT_HEAD, load_head
 from .heads.probabilistic_sam import LatentNoise
 from .heads.sampler import Sampler
 from .lesion import LesionResult
+from .limits import check_samples, check_seed
 from .metrics import majority_vote, pairwise_iou
 from .predictor import Predictor
 from .preprocessing import ModelFrame
@@ -56,6 +57,8 @@ BOX_SHARE = 0.25
 MIN_AREA_FRACTION = 0.2
 #: Latents drawn per wanted candidate on the clicked slice, from which the first K non-empty ones are kept.
 CONDITIONING_POOL = 4
+#: Latents decoded at once: memory stays flat in K (the default 4 x 16 pool is one chunk).
+DECODE_CHUNK = 64
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -77,6 +80,11 @@ def crop_slice(plane: np.ndarray, origin: tuple[int, int], side: int, fill: floa
     if ej > sj and ei > si:
         out[sj - j0:ej - j0, si - i0:ei - i0] = plane[sj:ej, si:ei]
     return out
+
+
+def chunks(count: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) pairs covering range(count) in pieces of at most `size`."""
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 def content_key(crop: np.ndarray) -> bytes:
@@ -142,8 +150,7 @@ class LesionSegmenter:
         The result is in the full volume's coordinates, identical to `segment` on the whole volume.
         """
         started = time.perf_counter()
-        if samples < 1:
-            raise ValueError("samples must be at least 1")
+        samples, seed = check_samples(samples), check_seed(seed)
         check_region(region)
         window = region.window
         origin, side, slice_k = window.origin, window.side, region.slice_k
@@ -161,11 +168,13 @@ class LesionSegmenter:
                               slice_box[2] - origin[1], slice_box[3] - origin[0]], dtype=np.float32)
             box_t = torch.from_numpy(frame.box_to_model(np.clip(local, 0, side - 1)))[None].to(self.predictor.device)
             if noise is None:
-                drawn = self.sampler.sample(embedding, box_t, samples, seed)
+                drawn = [self.sampler.sample(embedding, box_t, samples, seed)]
             else:
-                drawn = self.sampler.sample_with_noise(embedding, box_t, noise)
-            probs = torch.sigmoid(frame.logits_to_image(drawn.logits.float().cpu())).numpy()
-            return _SliceResult(k, origin, probs.astype(np.float32), drawn.scores.float().cpu().numpy())
+                drawn = [self.sampler.sample_with_noise(embedding, box_t, noise[torch.arange(start, stop)])
+                         for start, stop in chunks(len(noise), DECODE_CHUNK)]
+            probs = np.concatenate([torch.sigmoid(frame.logits_to_image(d.logits.float().cpu())).numpy() for d in drawn])
+            scores = np.concatenate([d.scores.float().cpu().numpy() for d in drawn])
+            return _SliceResult(k, origin, probs.astype(np.float32), scores)
 
         report(0.0, f"slice {slice_k}")
         noise = None

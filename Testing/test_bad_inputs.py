@@ -1,0 +1,125 @@
+"""Hostile settings and content given to the core: each refused with a message naming the problem and the fix,
+as an AmbiguousSAMError subclass, before any crop is encoded, and without touching the caller's array.
+
+The real LesionSegmenter (LiteMedSAM + the shipped head) is loaded once; `encoded_crops` counts the encoder's
+runs, so "refused before any model work" is asserted, not assumed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from AmbiguousSAMLib.errors import AmbiguousSAMError, InvalidBoxError, InvalidImageError, InvalidSettingError
+from AmbiguousSAMLib.limits import MAX_SAMPLES, check_samples, check_seed
+from AmbiguousSAMLib.segmenter import LesionSegmenter
+
+#: A lung-like synthetic CT: -850 HU parenchyma with a 20 HU ball at (k, j, i) = (10, 64, 64), 0.7 x 0.7 x 2.5 mm.
+SPACING = (0.7, 0.7, 2.5)
+BOX = (50.0, 50.0, 78.0, 78.0)
+
+
+def lung_ct() -> np.ndarray:
+    k, j, i = np.indices((20, 128, 128))
+    volume = np.full((20, 128, 128), -850, np.int16)
+    volume[((k - 10) * 2.5) ** 2 + ((j - 64) * 0.7) ** 2 + ((i - 64) * 0.7) ** 2 < 8.0 ** 2] = 20
+    return volume
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> LesionSegmenter:
+    return LesionSegmenter()
+
+
+def refused(segmenter: LesionSegmenter, volume: np.ndarray, error: type, message: str, **arguments) -> str:
+    """Run one click that must be refused; check the class, the message, no encoding and the input untouched."""
+    before, original = segmenter.encoded_crops, volume.copy()
+    call = {"box_ijk": BOX, "slice_k": 10, "spacing": SPACING, "samples": 4, "seed": 0, **arguments}
+    with pytest.raises(error, match=message) as raised:
+        segmenter.segment(volume, **call)
+    assert isinstance(raised.value, AmbiguousSAMError)
+    assert segmenter.encoded_crops == before, "the model ran before the input was refused"
+    np.testing.assert_array_equal(volume, original)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("samples, message", [
+    (0, "from 1 to 256; got 0"), (-1, "from 1 to 256; got -1"), (MAX_SAMPLES + 1, "from 1 to 256; got 257"),
+    (10000, "from 1 to 256; got 10000"), (2.5, "whole number"), ("16", "whole number"), (True, "whole number"),
+])
+def test_samples_out_of_range(segmenter, samples, message) -> None:
+    refused(segmenter, lung_ct(), InvalidSettingError, message, samples=samples)
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 63, 2 ** 64 - 1, 2 ** 70, 1.5, None])
+def test_seeds_that_would_wrap_or_overflow(segmenter, seed) -> None:
+    refused(segmenter, lung_ct(), InvalidSettingError, "seed must be a whole number from 0 to 2\\*\\*63 - 1", seed=seed)
+
+
+def test_the_limits_themselves_are_accepted() -> None:
+    assert check_samples(1) == 1 and check_samples(np.int64(MAX_SAMPLES)) == MAX_SAMPLES
+    assert check_seed(0) == 0 and check_seed(2 ** 63 - 1) == 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("box, message", [
+    ((0.0, 0.0, 127.0, 127.0), "88.9 x 88.9 mm|larger than any lesion"),  # fine at 0.7 mm, see the next test
+    ((60.0, 60.0, 61.0, 61.5), "smaller than the smallest lesion.*at least 2 mm"),
+    ((60.0, 60.0, 60.0, 70.0), "zero size"),
+    ((70.0, 60.0, 60.0, 70.0), "inverted"),
+    ((float("nan"), 60.0, 70.0, 70.0), "four finite numbers"),
+    ((60.0, 60.0, 70.0), "four finite numbers"),
+    ((500.0, 500.0, 540.0, 540.0), "outside the 128 x 128 slice"),
+])
+def test_absurd_boxes(segmenter, box, message) -> None:
+    if box == (0.0, 0.0, 127.0, 127.0):
+        refused(segmenter, lung_ct(), InvalidBoxError, "larger than any lesion.*at most 120 mm", box_ijk=box,
+                spacing=(1.0, 1.0, 2.5))
+    else:
+        refused(segmenter, lung_ct(), InvalidBoxError, message, box_ijk=box)
+
+
+def test_a_slice_outside_the_volume(segmenter) -> None:
+    refused(segmenter, lung_ct(), InvalidBoxError, "Slice 20 is outside the volume's 20 slices", slice_k=20)
+
+
+def test_a_featureless_volume_is_not_a_lesion(segmenter) -> None:
+    """Issue 11: a constant -1000 HU volume came back as four confident candidates of a nodule's size."""
+    message = refused(segmenter, np.full((20, 128, 128), -1000, np.int16), InvalidImageError, "holds no structure")
+    assert "span only 0 HU" in message
+
+
+def test_one_corrupt_voxel_is_named_instead_of_blanking_the_crop(segmenter) -> None:
+    """Issue 11: one voxel of 1e30 in the crop min-max scaled the rest of it to a single grey."""
+    volume = lung_ct().astype(np.float32)
+    volume[10, 40, 90] = 1e30
+    refused(segmenter, volume, InvalidImageError, r"Voxel \(k, j, i\) = \(10, 40, 90\) holds 1e\+30.*looks corrupt")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_by_the_lesion(segmenter, bad) -> None:
+    volume = lung_ct().astype(np.float32)
+    volume[11, 70, 70] = bad
+    refused(segmenter, volume, InvalidImageError, r"NaN or infinite voxel.*\(11, 70, 70\)")
+
+
+@pytest.mark.parametrize("volume, message", [
+    (np.zeros((128, 128), np.int16), "single slice"),
+    (np.zeros((2, 20, 128, 128), np.int16), "channel"),
+    (np.zeros((20, 4, 128), np.int16), "too small"),
+    (np.full((20, 128, 128), "x"), "dtype"),
+    (np.zeros((20, 128, 128), bool), "dtype bool"),
+    (np.zeros((20, 128, 128), np.complex64), "dtype complex64"),
+    (np.full((20, 128, 128), 100, np.int16), "not CT|darkest voxel is 100"),
+])
+def test_volumes_that_are_not_a_ct(segmenter, volume, message) -> None:
+    refused(segmenter, volume, InvalidImageError, message)
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 0.7, 2.5), (0.7, -0.7, 2.5), (0.7, 0.7, float("nan"))])
+def test_impossible_voxel_spacing(segmenter, spacing) -> None:
+    refused(segmenter, lung_ct(), InvalidImageError, "spacing", spacing=spacing)
+
+
+def test_a_good_click_after_all_that_still_works(segmenter) -> None:
+    result = segmenter.segment(lung_ct(), BOX, 10, SPACING, samples=4, seed=0, propagate=False)
+    assert result.num_candidates == 4 and result.consensus.any()
