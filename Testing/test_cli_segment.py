@@ -1,18 +1,29 @@
 """`ambiguous-sam segment`: files on the input's exact geometry, readable by SimpleITK and slicerio; batches
-that survive a failing case; output folders that are never half-written or silently replaced."""
+that survive a failing case; output folders that are never half-written or silently replaced, and in which
+--overwrite replaces only the four outputs, never the input or anything else of the user's; output problems are
+refused before the model is loaded."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicerio
 
 from AmbiguousSAMLib.cli import main
+from AmbiguousSAMLib.outputs import OUTPUT_FILES, write_outputs
 from AmbiguousSAMLib.volume_io import physical_box_to_ijk, read_volume
 
 from test_segmenter import OBLIQUE, synthetic_ct
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "AmbiguousSAM"
 
 BOX = ("28", "36", "52", "60")
 
@@ -55,12 +66,15 @@ def test_outputs_are_complete_and_on_the_ct_geometry(segmented) -> None:
 
 
 def test_segmentation_reads_back_with_slicerio_on_the_ct_grid(segmented) -> None:
-    import slicerio
-
     out, image = segmented
     segmentation = slicerio.read_segmentation(str(out / "candidates.seg.nrrd"))
     names = [s["name"] for s in segmentation["segments"]]
     assert names == ["Candidate 1", "Candidate 2", "Candidate 3", "Candidate 4", "Consensus"]
+    # Slicer's module recognises the file by these tags (role) and shows each candidate's score.
+    tags = [s["tags"] for s in segmentation["segments"]]
+    assert [t["AmbiguousSAM.Role"] for t in tags] == ["candidate"] * 4 + ["consensus"]
+    scores = [c["score"] for c in json.loads((out / "summary.json").read_text())["candidates"]]
+    assert [np.float32(t["AmbiguousSAM.Score"]) for t in tags[:4]] == [np.float32(s) for s in scores]
     # The file stores the lesion box; its voxel (0, 0, 0) must sit on a voxel of the CT grid.
     ijk_to_lps = np.asarray(segmentation["ijkToLPS"])
     first = image.TransformPhysicalPointToContinuousIndex(tuple(ijk_to_lps[:3, 3]))
@@ -104,23 +118,171 @@ def test_existing_output_is_not_replaced_and_failures_leave_nothing(oblique_ct, 
     out, _ = segmented
     before = (out / "summary.json").read_text()
     assert main(["segment", path, "--box", *BOX, "--slice", "6", "-o", str(out)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a result" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == before
     failed = tmp_path / "failed"
     assert main(["segment", path, "--box", "500", "500", "520", "520", "--slice", "6", "-o", str(failed)]) == 2
     assert not failed.exists() and not list(tmp_path.glob(".failed*"))
 
 
+def test_overwrite_replaces_the_four_outputs_in_place(oblique_ct, segmented, tmp_path, make_lesion_result) -> None:
+    path, image = oblique_ct
+    out = tmp_path / "previous"
+    shutil.copytree(segmented[0], out)
+    folder = out.stat().st_ino
+    result = make_lesion_result(tuple(reversed(image.GetSize())), offset=(2, 30, 20), radii=(3.0, 5.0))
+    result.info.update(slice=5, box_ijk=(24.0, 34.0, 36.0, 44.0), seed=3)
+    write_outputs(out, result, sitk.GetArrayFromImage(image), image, path, overwrite=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["seed"], len(summary["candidates"])) == (3, 2)
+    assert len(slicerio.read_segmentation(str(out / "candidates.seg.nrrd"))["segments"]) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES), "no temporary folder is left behind"
+    assert out.stat().st_ino == folder, "the folder itself is kept: only its four files are replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous"]
+
+
 def test_batch_skips_a_failing_case_and_finishes_the_others(oblique_ct, tmp_path, capsys) -> None:
     path, _ = oblique_ct
+    (tmp_path / "taken").write_text("a file where a row wants its output folder")
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("input,out,i0,j0,i1,j1,slice,samples\n"
                     f"{path},ok,28,36,52,60,6,2\n"
-                    f"{tmp_path / 'missing.nrrd'},bad,28,36,52,60,6,2\n")
-    with pytest.raises(SystemExit, match="1 of 2 cases failed"):
+                    f"{tmp_path / 'missing.nrrd'},bad,28,36,52,60,6,2\n"
+                    f"{path},taken,28,36,52,60,6,2\n")
+    with pytest.raises(SystemExit, match="2 of 3 cases failed"):
         main(["segment", "--batch", str(jobs)])
     assert (tmp_path / "ok" / "candidates.seg.nrrd").is_file() and not (tmp_path / "bad").exists()
-    assert "missing.nrrd: skipped" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file where a row wants its output folder"
+    err = capsys.readouterr().err
+    assert "missing.nrrd: skipped" in err and f"The output {tmp_path / 'taken'} is a file" in err
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under the folder with its bytes and modification time: what "unchanged" means."""
+    return {str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def segment_in_fresh_process(args: list[str]) -> tuple[int, str, bool]:
+    """Run `ambiguous-sam segment ARGS` in a new interpreter: exit code, stderr, and whether the segmenter (the
+    model's module) was imported at all: an output problem must be refused before any model work."""
+    code = "\n".join([
+        "import sys",
+        "from AmbiguousSAMLib.cli import main",
+        "try:",
+        "    code = main(sys.argv[1:])",
+        "except SystemExit as stop:  # a batch's summary: exit status 1 with the message, as the console script",
+        "    print(stop, file=sys.stderr)",
+        "    code = 1",
+        "print('segmenter imported' if 'AmbiguousSAMLib.segmenter' in sys.modules else 'no segmenter', file=sys.stderr)",
+        "sys.exit(code)",
+    ])
+    run = subprocess.run([sys.executable, "-c", code, "segment", *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(MODULE_DIR)})
+    return run.returncode, run.stderr, run.stderr.splitlines()[-1:] != ["no segmenter"]
+
+
+@pytest.fixture
+def patient_folder(oblique_ct, tmp_path) -> Path:
+    """A user's folder: the CT and a file of their own."""
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    shutil.copy(oblique_ct[0], folder / "ct.nrrd")
+    (folder / "notes.txt").write_text("reader 2: nodule grew 2 mm since last year")
+    return folder
+
+
+def test_overwrite_into_the_folder_of_the_input_is_refused_and_deletes_nothing(patient_folder) -> None:
+    before = snapshot(patient_folder)
+    code, err, model_loaded = segment_in_fresh_process([str(patient_folder / "ct.nrrd"), "--box", *BOX, "--slice", "6",
+                                                        "-o", str(patient_folder), "--overwrite"])
+    assert code == 2 and not model_loaded
+    assert f"The output folder {patient_folder} holds the input {patient_folder / 'ct.nrrd'}" in err
+    assert "choose another output folder" in err and "Traceback" not in err
+    assert snapshot(patient_folder) == before
+
+
+def test_an_input_series_folder_is_never_its_own_output(patient_folder) -> None:
+    before = snapshot(patient_folder)
+    code, err, model_loaded = segment_in_fresh_process([str(patient_folder), "--box", *BOX, "--slice", "6",
+                                                        "-o", str(patient_folder), "--overwrite"])
+    assert code == 2 and not model_loaded and "holds the input" in err
+    assert snapshot(patient_folder) == before
+
+
+def test_overwrite_refuses_a_folder_holding_files_that_are_not_ours(oblique_ct, patient_folder, tmp_path) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / "report.docx").write_bytes(b"the user's report")
+    before = snapshot(out), snapshot(patient_folder)
+    code, err, model_loaded = segment_in_fresh_process([str(patient_folder / "ct.nrrd"), "--box", *BOX, "--slice", "6",
+                                                        "-o", str(out), "--overwrite"])
+    assert code == 2 and not model_loaded
+    assert "holds files that AmbiguousSAM did not write (report.docx)" in err
+    assert "--overwrite only ever replaces candidates.seg.nrrd, uncertainty.nrrd, summary.json, montage.png" in err
+    assert (snapshot(out), snapshot(patient_folder)) == before
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder this process cannot write into: read-only permissions, or for root (who ignores them) /sys."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").mkdir()
+    except OSError:
+        yield folder
+    else:
+        (folder / "probe").rmdir()
+        if not Path("/sys").is_dir():
+            pytest.skip("running as root without /sys: no folder here refuses writing")
+        yield Path("/sys")
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("problem", ["existing file", "inside a file", "unwritable", "previous result"])
+def test_output_problems_are_refused_before_any_model_work(problem, oblique_ct, tmp_path, request) -> None:
+    path, _ = oblique_ct
+    if problem == "existing file":
+        out, expected = tmp_path / "result.nrrd", f"The output {tmp_path / 'result.nrrd'} is a file"
+        out.write_text("a file of the user's")
+    elif problem == "inside a file":
+        (tmp_path / "notes.txt").write_text("a file of the user's")
+        out = tmp_path / "notes.txt" / "result"
+        expected = f"Cannot create the output folder {out}: {tmp_path / 'notes.txt'} is a file, not a folder"
+    elif problem == "unwritable":
+        folder = request.getfixturevalue("unwritable_folder")
+        out, expected = folder / "result", f"Cannot write into {folder} ("
+    else:
+        out, expected = tmp_path / "result", "already holds a result"
+        out.mkdir()
+        for name in OUTPUT_FILES:
+            (out / name).write_text("an earlier result")
+    before = snapshot(tmp_path)
+    code, err, model_loaded = segment_in_fresh_process([path, "--box", *BOX, "--slice", "6", "-o", str(out)])
+    assert code == 2 and not model_loaded
+    assert expected in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_batch_whose_every_output_is_refused_loads_no_model(oblique_ct, tmp_path) -> None:
+    path, _ = oblique_ct
+    (tmp_path / "taken").write_text("a file of the user's")
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"input,out,i0,j0,i1,j1,slice\n{path},taken,28,36,52,60,6\n{path},.,28,36,52,60,6\n")
+    code, err, model_loaded = segment_in_fresh_process(["--batch", str(jobs)])
+    assert code == 1 and not model_loaded
+    assert "All 2 cases were refused" in err and "is a file" in err and "did not write (jobs.csv, taken)" in err
+
+
+def test_a_batch_without_rows_says_so(tmp_path, capsys) -> None:
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("input,out,i0,j0,i1,j1,slice\n")
+    assert main(["segment", "--batch", str(jobs)]) == 2
+    assert "lists no jobs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content, message", [(b"not an image", "Could not read"), (None, "does not exist")])

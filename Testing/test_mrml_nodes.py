@@ -1,4 +1,5 @@
-"""Candidates and heatmap as Slicer nodes: voxel-exact on an oblique anisotropic CT, all or nothing, savable.
+"""Candidates and heatmap as Slicer nodes: voxel-exact on an oblique anisotropic CT, all or nothing, savable, and a
+command-line result opened in Slicer as a candidate set.
 
 The LesionResults are built by hand (conftest.make_lesion_result) with real arrays, so these tests need no model.
 """
@@ -14,14 +15,18 @@ import slicerio
 import vtk
 from vtk.util import numpy_support
 
+from AmbiguousSAMLib.candidate_table import ROLE_TAG, SCORE_TAG, candidate_colour
 from AmbiguousSAMLib.errors import InvalidImageError
-from AmbiguousSAMLogic import (AmbiguousSAMLogic, acceptCandidate, overlayUncertainty, removeOutputNodes,
-                               segmentIdsWithRole, setHeatmapColorNode, showCandidates)
+from AmbiguousSAMLib.outputs import write_outputs
+from AmbiguousSAMLogic import (AmbiguousSAMLogic, acceptCandidate, adoptCandidateSet, overlayUncertainty,
+                               removeOutputNodes, segmentIdsWithRole, setHeatmapColorNode, showCandidates)
 from AmbiguousSAMLogic.colormap import uncertaintyColorNode
 from AmbiguousSAMLogic.geometry import ijkToRasMatrix
-from AmbiguousSAMLogic.nodes import (CANDIDATES_ATTRIBUTE, ROLE_TAG, SCORE_TAG, UNCERTAINTY_ATTRIBUTE,
-                                     createCandidateSegmentation, createUncertaintyVolume)
+from AmbiguousSAMLogic.nodes import (CANDIDATES_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, createCandidateSegmentation,
+                                     createUncertaintyVolume)
 from AmbiguousSAMLogic.rollback import nodeIds, removeAddedNodesOnError
+
+from test_prompt_box import savedAndReadBack
 
 
 @pytest.fixture
@@ -47,10 +52,11 @@ def test_one_segment_per_candidate_then_the_consensus(oblique_volume, result):
         "Candidate 1", "Candidate 2", "Candidate 3", "Candidate 4", "Consensus"]
     assert segmentIdsWithRole(segmentationNode, "candidate") == ids[:4]
     assert segmentIdsWithRole(segmentationNode, "consensus") == ids[4:]
-    assert [float(tag(segmentationNode, i, SCORE_TAG)) for i in ids[:4]] == pytest.approx(result.scores.tolist())
+    np.testing.assert_array_equal([np.float32(tag(segmentationNode, i, SCORE_TAG)) for i in ids[:4]], result.scores)
     assert tag(segmentationNode, ids[4], ROLE_TAG) == "consensus"
     colors = {tuple(round(c, 3) for c in segmentation.GetSegment(i).GetColor()) for i in ids}
     assert len(colors) == 5, "every segment needs its own colour"
+    np.testing.assert_allclose(segmentation.GetSegment(ids[2]).GetColor(), candidate_colour(2))
     assert segmentationNode.GetName() == "Oblique CT candidates"
     assert segmentationNode.GetAttribute(CANDIDATES_ATTRIBUTE) == "1"
     assert segmentationNode.GetNodeReference(
@@ -163,6 +169,45 @@ def test_saved_seg_nrrd_reads_back_with_segment_names_and_voxel_counts(mrml_scen
     expected = {f"Candidate {index + 1}": int(mask.sum()) for index, mask in enumerate(result.candidates)}
     expected["Consensus"] = int(result.consensus.sum())
     assert counts == expected
+
+
+def test_a_command_line_result_opens_in_slicer_as_a_candidate_set(mrml_scene, oblique_volume, result, tmp_path):
+    ct = savedAndReadBack(oblique_volume, tmp_path)
+    result.info.update(slice=11, box_ijk=(15.0, 12.0, 31.0, 26.0))
+    out = write_outputs(tmp_path / "result", result, ct.array, ct.image, "oblique.nrrd")
+    loaded = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Loaded result")
+    storageNode = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storageNode.SetFileName(str(out / "candidates.seg.nrrd"))
+    assert storageNode.ReadData(loaded)
+    assert loaded.GetAttribute(CANDIDATES_ATTRIBUTE) is None
+
+    assert adoptCandidateSet(loaded)
+
+    assert loaded.GetAttribute(CANDIDATES_ATTRIBUTE) == "1"
+    candidateIds = segmentIdsWithRole(loaded, "candidate")
+    consensusIds = segmentIdsWithRole(loaded, "consensus")
+    assert len(candidateIds) == result.num_candidates and len(consensusIds) == 1
+    segmentation = loaded.GetSegmentation()
+    assert [segmentation.GetSegment(i).GetName() for i in candidateIds + consensusIds] == [
+        "Candidate 1", "Candidate 2", "Candidate 3", "Candidate 4", "Consensus"]
+    np.testing.assert_array_equal([np.float32(tag(loaded, i, SCORE_TAG)) for i in candidateIds], result.scores)
+    for index, segmentId in enumerate(candidateIds):
+        np.testing.assert_array_equal(segmentArray(loaded, segmentId, oblique_volume),
+                                      result.paste(result.candidates[index]).astype(np.uint8))
+    np.testing.assert_array_equal(segmentArray(loaded, consensusIds[0], oblique_volume),
+                                  result.paste(result.consensus).astype(np.uint8))
+    # The same colours as the nodes the module builds itself.
+    built = createCandidateSegmentation(oblique_volume, result).GetSegmentation()
+    for index, segmentId in enumerate(candidateIds + consensusIds):
+        np.testing.assert_allclose(segmentation.GetSegment(segmentId).GetColor(),
+                                   built.GetSegment(built.GetNthSegmentID(index)).GetColor(), atol=1e-6)
+
+
+def test_a_segmentation_without_candidates_is_not_adopted(mrml_scene, oblique_volume):
+    ownSegmentation = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Radiologist")
+    ownSegmentation.GetSegmentation().AddEmptySegment("", "Nodule")
+    assert not adoptCandidateSet(ownSegmentation)
+    assert ownSegmentation.GetAttribute(CANDIDATES_ATTRIBUTE) is None
 
 
 def test_accepting_a_candidate_replaces_the_target_segment_or_adds_one(mrml_scene, oblique_volume, result):

@@ -54,13 +54,19 @@ def demo_case() -> DemoCase:
 
 def run_demo(out: str | Path, device: str | None = None, precision: str = "bf16", samples: int = 16,
              seed: int = 0) -> dict:
-    """Segment the demo lesion from one box: K candidates, consensus and heatmap files plus a PNG montage."""
+    """Segment the demo lesion from one box: K candidates, consensus and heatmap files plus a PNG montage.
+
+    A demo run replaces the previous demo's files in `out`, and nothing else: a folder holding other files is
+    refused before the model loads.
+    """
     import SimpleITK as sitk
 
-    from .outputs import write_outputs
-    from .segmenter import LesionSegmenter
+    from .outputs import check_output_folder, write_outputs
 
     case = demo_case()
+    check_output_folder(out, overwrite=True, source=case.source)
+    from .segmenter import LesionSegmenter
+
     image = sitk.GetImageFromArray(case.volume)
     image.SetSpacing(case.spacing)
     if case.name == "LIDC-IDRI-0001":

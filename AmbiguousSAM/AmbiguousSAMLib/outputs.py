@@ -1,17 +1,23 @@
 """Write one lesion's result next to its CT: Slicer-readable files on the CT's exact geometry.
 
 - `candidates.seg.nrrd`: one segment per candidate + "Consensus", each its own layer (they overlap), stored
-  for the lesion's box with Slicer's extent offset, so Slicer and slicerio place it on the CT grid;
+  for the lesion's box with Slicer's extent offset, so Slicer and slicerio place it on the CT grid; every segment
+  carries the candidate table's role and score tags, so Slicer's module opens the file as a candidate set;
 - `uncertainty.nrrd`: float32 entropy of the mean, exactly the CT's size, origin, spacing and direction;
 - `summary.json`: candidate volumes (mm^3) and scores, the lesion box, provenance;
 - `montage.png`: the clicked slice with candidate outlines, and the heatmap.
-Everything is written to a temporary sibling folder and moved into place at the end, so a failure never
-leaves a half-written OUT/.
+
+An output folder belongs to its result. The files are written into a temporary folder first, so a failure never
+leaves a half-written result; a new folder then appears complete in one rename, and in an existing one (only
+with overwrite) each of the four files is replaced by its new version. Nothing else is ever deleted or replaced:
+a folder that holds the input or any file that is not one of the four is refused, overwrite or not, because
+those files are the user's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,19 +25,83 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .candidate_table import candidate_table
 from .errors import AmbiguousSAMError
 from .lesion import LesionResult
-from .overlay import save_overlay
 
-CONSENSUS_NAME = "Consensus"
+SEGMENTATION_FILE = "candidates.seg.nrrd"
+HEATMAP_FILE = "uncertainty.nrrd"
+SUMMARY_FILE = "summary.json"
+MONTAGE_FILE = "montage.png"
+#: Everything `write_outputs` writes into an output folder, and therefore all that overwrite may replace.
+OUTPUT_FILES = (SEGMENTATION_FILE, HEATMAP_FILE, SUMMARY_FILE, MONTAGE_FILE)
+#: Prefix of the temporary folders the files are written into before they are moved into place.
+STAGING_PREFIX = ".ambiguous-sam-"
 
 
-def candidate_colours(count: int) -> list[tuple[float, float, float]]:
-    """Distinct colours for the candidates (matplotlib's tab20), white-ish yellow for the consensus."""
-    import matplotlib
+def _is_own_output(entry: Path) -> bool:
+    return entry.name in OUTPUT_FILES and entry.is_file() and not entry.is_symlink()
 
-    palette = matplotlib.colormaps["tab20"]
-    return [tuple(float(c) for c in palette(i % 20)[:3]) for i in range(count)]
+
+def _contains(folder: Path, path: Path) -> bool:
+    folder, path = folder.resolve(), path.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_writable(folder: Path) -> None:
+    """Try what writing will do (create a temporary folder there): permission bits alone do not tell, e.g. for
+    root, on read-only file systems or on special folders."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    except OSError as error:
+        raise AmbiguousSAMError(
+            f"Cannot write into {folder} ({error.strerror or error}). Choose an output folder where you can write."
+        ) from error
+
+
+def _listing(entries: list[Path], shown: int = 5) -> str:
+    names = sorted(entry.name for entry in entries)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def check_output_folder(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> None:
+    """Refuse an output folder that cannot take a result, before any model work (a full CT takes minutes).
+
+    `source` is the input file or folder: an output folder that holds it is refused, so no run can ever replace
+    or delete its own input. With `overwrite`, an existing folder is accepted only if it holds nothing but the
+    four output files, which are then replaced.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AmbiguousSAMError(f"The output {out} is a file; the output is a folder that will hold the four result "
+                                "files. Choose a folder path (new or empty).")
+    if not out.exists():
+        ancestor = out.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise AmbiguousSAMError(f"Cannot create the output folder {out}: {ancestor} is a file, not a folder. "
+                                    "Choose an output folder whose parents are folders.")
+        _check_writable(ancestor)
+        return
+    if source is not None and _contains(out, Path(source)):
+        raise AmbiguousSAMError(
+            f"The output folder {out} holds the input {source}. Results go into a folder of their own, so that "
+            f"writing (or --overwrite) can never touch your files; choose another output folder, e.g. "
+            f"{out / 'ambiguous-sam'}."
+        )
+    entries = list(out.iterdir())
+    foreign = [entry for entry in entries if not _is_own_output(entry)]
+    if foreign:
+        raise AmbiguousSAMError(
+            f"The output folder {out} holds files that AmbiguousSAM did not write ({_listing(foreign)}). "
+            f"Results go into a folder of their own, and --overwrite only ever replaces {', '.join(OUTPUT_FILES)}; "
+            "choose a new or empty output folder."
+        )
+    if entries and not overwrite:
+        raise AmbiguousSAMError(f"The output folder {out} already holds a result. Choose another output folder, or "
+                                "pass --overwrite (overwrite=True) to replace its four files.")
+    _check_writable(out)
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -46,8 +116,6 @@ def write_segmentation(path: Path, result: LesionResult, image: sitk.Image) -> N
     import slicerio
 
     masks = np.concatenate([result.candidates, result.consensus[None]]).astype(np.uint8)  # (L, dk, dj, di)
-    names = [f"Candidate {i + 1}" for i in range(result.num_candidates)] + [CONSENSUS_NAME]
-    colours = candidate_colours(result.num_candidates) + [(1.0, 0.9, 0.2)]
     k0, j0, i0 = result.offset
     matrix = ijk_to_lps(image)
     matrix[:3, 3] = matrix[:3, :3] @ np.array([i0, j0, k0], dtype=float) + matrix[:3, 3]
@@ -55,8 +123,8 @@ def write_segmentation(path: Path, result: LesionResult, image: sitk.Image) -> N
         "voxels": np.ascontiguousarray(masks.transpose(0, 3, 2, 1)),  # slicerio: (layer, i, j, k)
         "ijkToLPS": matrix,
         "referenceImageExtentOffset": [i0, j0, k0],
-        "segments": [{"id": f"segment_{n}", "name": name, "color": colour, "labelValue": 1, "layer": n}
-                     for n, (name, colour) in enumerate(zip(names, colours))],
+        "segments": [{"id": f"segment_{n}", "name": entry.name, "color": entry.colour, "labelValue": 1, "layer": n,
+                      "tags": entry.tags} for n, entry in enumerate(candidate_table(result.scores))],
     }
     slicerio.write_segmentation(str(path), segmentation)
 
@@ -73,8 +141,8 @@ def summarise(result: LesionResult, image: sitk.Image, source: str) -> dict:
     dk, dj, di = result.consensus.shape
     return {
         "input": source,
-        "candidates": [{"name": f"Candidate {i + 1}", "volume_mm3": float(c.sum() * voxel_mm3),
-                        "score": float(s)} for i, (c, s) in enumerate(zip(result.candidates, result.scores))],
+        "candidates": [{"name": entry.name, "volume_mm3": float(mask.sum() * voxel_mm3), "score": entry.score}
+                       for entry, mask in zip(candidate_table(result.scores), result.candidates)],
         "consensus_volume_mm3": float(result.consensus.sum() * voxel_mm3),
         "lesion_box_ijk": {"min": [i0, j0, k0], "max": [i0 + di - 1, j0 + dj - 1, k0 + dk - 1]},
         "score_meaning": "mean 3D IoU of the candidate with the other candidates",
@@ -84,32 +152,58 @@ def summarise(result: LesionResult, image: sitk.Image, source: str) -> dict:
 
 
 def write_montage(path: Path, result: LesionResult, volume: np.ndarray) -> None:
+    from .overlay import save_overlay  # imports torch (via the lung window); output checks must not wait for it
+
     k = int(result.info.get("slice", result.offset[0]))
     box = result.info.get("box_ijk")
-    candidates = result.paste(result.candidates)[:, k] if result.offset[0] <= k < result.offset[0] + result.consensus.shape[0] \
+    on_lesion = result.offset[0] <= k < result.offset[0] + result.consensus.shape[0]
+    candidates = result.paste(result.candidates)[:, k] if on_lesion \
         else np.zeros((result.num_candidates, *volume.shape[1:]), bool)
     heat = result.paste(result.entropy)[k] if candidates.any() else np.zeros(volume.shape[1:], np.float32)
     save_overlay(path, volume[k], list(candidates), tuple(box), heatmap=heat,
                  title=f"slice {k}: {result.num_candidates} candidates ({result.info.get('sampler', '')})")
 
 
+def _make_missing_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return the ones created, innermost first (to undo on failure)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir()
+    return missing
+
+
 def write_outputs(out: str | Path, result: LesionResult, volume: np.ndarray, image: sitk.Image, source: str,
                   overwrite: bool = False) -> Path:
-    """Write all four outputs into `out` atomically; refuse to replace an existing folder unless asked."""
+    """Write the four outputs into `out`, which `check_output_folder` must accept; `source` names the input.
+
+    A new folder appears complete or not at all; in an existing folder (overwrite) each output file is replaced
+    by its complete new version. On failure, every folder and file this call created is removed again.
+    """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AmbiguousSAMError(f"{out} already exists and is not empty; choose another -o or pass --overwrite.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_output_folder(out, overwrite, source)
+    replacing = out.is_dir()
+    created = [] if replacing else _make_missing_folders(out.parent)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out if replacing else out.parent))
     try:
-        write_segmentation(staging / "candidates.seg.nrrd", result, image)
-        write_heatmap(staging / "uncertainty.nrrd", result, image)
-        (staging / "summary.json").write_text(json.dumps(summarise(result, image, source), indent=2))
-        write_montage(staging / "montage.png", result, volume)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.replace(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        write_segmentation(staging / SEGMENTATION_FILE, result, image)
+        write_heatmap(staging / HEATMAP_FILE, result, image)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summarise(result, image, source), indent=2))
+        write_montage(staging / MONTAGE_FILE, result, volume)
+        if replacing:
+            for name in OUTPUT_FILES:
+                os.replace(staging / name, out / name)
+            staging.rmdir()
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the temporary folder mkdtemp made for this call
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # something else appeared in it meanwhile: not ours to remove
+        raise
     return out

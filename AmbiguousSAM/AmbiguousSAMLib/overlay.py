@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .candidate_table import candidate_colour
 from .preprocessing import LUNG_WINDOW
 
 
@@ -21,7 +22,10 @@ def _pyplot():
 def save_overlay(path: str | Path, image: np.ndarray, masks: list[np.ndarray], box: tuple[float, float, float, float],
                  title: str = "", window: tuple[float, float] | None = LUNG_WINDOW, heatmap: np.ndarray | None = None,
                  zoom_margin: int = 40) -> None:
-    """Slice with mask outlines and the prompt box (and, if given, a heatmap panel), zoomed on the box."""
+    """Slice with mask outlines and the prompt box (and, if given, a heatmap panel), zoomed on the box.
+
+    Mask n is outlined in candidate n's colour, the colour it has in Slicer and in candidates.seg.nrrd.
+    """
     plt = _pyplot()
     x0, y0, x1, y1 = box
     r0, r1 = int(max(y0 - zoom_margin, 0)), int(min(y1 + zoom_margin, image.shape[0]))
@@ -31,11 +35,10 @@ def save_overlay(path: str | Path, image: np.ndarray, masks: list[np.ndarray], b
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.5), squeeze=False)
     ax = axes[0, 0]
     ax.imshow(shown[r0:r1, c0:c1], cmap="gray", extent=(c0 - 0.5, c1 - 0.5, r1 - 0.5, r0 - 0.5))
-    colours = plt.cm.tab20(np.linspace(0, 1, max(len(masks), 1)))
-    for mask, colour in zip(masks, colours):
+    for index, mask in enumerate(masks):
         if mask[r0:r1, c0:c1].any():
             ax.contour(np.arange(c0, c1), np.arange(r0, r1), mask[r0:r1, c0:c1].astype(float), levels=[0.5],
-                       colors=[colour], linewidths=1.2)
+                       colors=[candidate_colour(index)], linewidths=1.2)
     ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linestyle="--"))
     ax.set_title(title, fontsize=9)
     ax.axis("off")

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InvalidBoxError, InvalidImageError
+from .prompt_box import prompt_box_from_ijk_points
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -61,18 +62,17 @@ def read_volume(path: str | Path) -> Volume:
 
 def physical_box_to_ijk(image: sitk.Image, corner_a: tuple[float, float, float], corner_b: tuple[float, float, float],
                         space: str = "LPS") -> tuple[tuple[float, float, float, float], int]:
-    """Two box corners in LPS or RAS (mm) -> (i0, j0, i1, j1) and the axial slice k at their middle."""
+    """Two box corners in LPS or RAS (mm) -> (i0, j0, i1, j1) and the axial slice k at their middle.
+
+    The corners span an axis-aligned physical box; its 8 corners go to continuous IJK, so an oblique volume gets
+    the box's full footprint, and `prompt_box_from_ijk_points` (the rule Slicer uses too) makes the prompt.
+    """
     corners = np.array([corner_a, corner_b], dtype=np.float64)
     if space.upper() == "RAS":
         corners = corners @ RAS_TO_LPS.T
     elif space.upper() != "LPS":
-        raise ValueError("space must be 'LPS' or 'RAS'")
-    # All 8 corners of the axis-aligned physical box, so oblique volumes get the box's full footprint.
+        raise InvalidBoxError(f"Box corners are given in 'LPS' or 'RAS' coordinates, not {space!r}.")
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     points = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    ijk = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in points])
-    slice_k = int(round(float(ijk[:, 2].mean())))
-    if not 0 <= slice_k < image.GetSize()[2]:
-        raise InvalidBoxError(f"The box's centre lies on slice {slice_k}, outside the volume (0..{image.GetSize()[2] - 1}).")
-    box = (float(ijk[:, 0].min()), float(ijk[:, 1].min()), float(ijk[:, 0].max()), float(ijk[:, 1].max()))
-    return box, slice_k
+    ijk = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(map(float, p))) for p in points])
+    return prompt_box_from_ijk_points(ijk, image.GetSize())

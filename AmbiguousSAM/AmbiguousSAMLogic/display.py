@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import slicer
 
+from AmbiguousSAMLib.candidate_table import CANDIDATE_ROLE, CONSENSUS_ROLE
+
 from .nodes import segmentIdsWithRole
 
 
 def showCandidates(segmentationNode: slicer.vtkMRMLSegmentationNode, candidateIndex: int | None = None) -> None:
     """Show every candidate and the consensus (`None`), or only candidate `candidateIndex` (0-based)."""
     displayNode = segmentationNode.GetDisplayNode()
-    candidateIds = segmentIdsWithRole(segmentationNode, "candidate")
+    candidateIds = segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE)
     if candidateIndex is not None and not 0 <= candidateIndex < len(candidateIds):
         raise IndexError(f"There are {len(candidateIds)} candidates; candidate {candidateIndex + 1} does not exist.")
     for index, segmentId in enumerate(candidateIds):
         displayNode.SetSegmentVisibility(segmentId, candidateIndex is None or index == candidateIndex)
-    for segmentId in segmentIdsWithRole(segmentationNode, "consensus"):
+    for segmentId in segmentIdsWithRole(segmentationNode, CONSENSUS_ROLE):
         displayNode.SetSegmentVisibility(segmentId, candidateIndex is None)
 
 

@@ -13,7 +13,6 @@ convention of Slicer's matrices and of the core's boxes (x0, y0, x1, y1) in pixe
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import slicer
 import vtk
 
 from AmbiguousSAMLib.errors import InvalidBoxError, InvalidImageError
+from AmbiguousSAMLib.prompt_box import prompt_box_from_ijk_points
 
 
 @dataclass(frozen=True)
@@ -113,18 +113,11 @@ def roiCornersWorld(roiNode: slicer.vtkMRMLMarkupsROINode) -> np.ndarray:
 def promptBoxFromWorldPoints(volumeNode: slicer.vtkMRMLVolumeNode, pointsRas: np.ndarray) -> PromptBox:
     """The box prompt spanned by world RAS points (ROI corners, a rectangle's corners) on the volume's grid.
 
-    The points go to IJK and their bounding box gives (i0, j0, i1, j1), clipped to the volume; the slice is the
-    box's centre rounded to the nearest k. On an oblique volume an axis-aligned ROI becomes a slightly larger box,
-    which is what a radiologist expects from "everything inside the ROI".
+    The points go to IJK through the transforms; the core's `prompt_box_from_ijk_points`, the rule the command
+    line uses too, makes their bounding box (clipped to the volume) and picks the slice at its centre. On an
+    oblique volume an axis-aligned ROI becomes a slightly larger box, which is what a radiologist expects from
+    "everything inside the ROI".
     """
-    ijk = worldToIjk(volumeNode, pointsRas)
-    low, high = ijk.min(axis=0), ijk.max(axis=0)
-    dims = np.array(volumeNode.GetImageData().GetDimensions(), dtype=np.float64)  # (ni, nj, nk)
-    if np.any(high < -0.5) or np.any(low > dims - 0.5):
-        raise InvalidBoxError(
-            f"The ROI does not intersect the volume '{volumeNode.GetName()}'. Place the ROI (or draw the box) "
-            "over the lesion on that volume."
-        )
-    first, last = np.clip(low, 0, dims - 1), np.clip(high, 0, dims - 1)
-    sliceK = int(np.clip(math.floor((low[2] + high[2]) / 2 + 0.5), 0, dims[2] - 1))
-    return PromptBox(box=(float(first[0]), float(first[1]), float(last[0]), float(last[1])), sliceK=sliceK)
+    box, sliceK = prompt_box_from_ijk_points(worldToIjk(volumeNode, pointsRas),
+                                             volumeNode.GetImageData().GetDimensions(), volumeNode.GetName())
+    return PromptBox(box=box, sliceK=sliceK)

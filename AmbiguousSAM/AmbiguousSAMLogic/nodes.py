@@ -13,37 +13,23 @@ the slicer-core wheel), and a 35 M-voxel CT costs a few kB per candidate.
 
 from __future__ import annotations
 
-import colorsys
-
 import numpy as np
 import slicer
 import vtk
 from vtk.util import numpy_support
 
+from AmbiguousSAMLib.candidate_table import CANDIDATE_ROLE, ROLE_TAG, candidate_table
 from AmbiguousSAMLib.errors import InvalidImageError
 from AmbiguousSAMLib.lesion import LesionResult
 
 from .colormap import MAX_ENTROPY_NATS, uncertaintyColorNode
 from .geometry import ijkToRasMatrix
 
-CANDIDATE_SEGMENT_NAME = "Candidate {number}"
-CONSENSUS_SEGMENT_NAME = "Consensus"
-#: Segment tag saying what a segment is ("candidate" or "consensus"), so browsers need not parse names.
-ROLE_TAG = "AmbiguousSAM.Role"
-#: Segment tag with the candidate's expected quality (higher is better), as written by the core.
-SCORE_TAG = "AmbiguousSAM.Score"
-CONSENSUS_COLOR = (1.0, 1.0, 1.0)
 #: Voxels less uncertain than this (nats) are drawn transparent, so the CT shows through away from the edges.
 VISIBLE_UNCERTAINTY_NATS = 0.01
 #: Node attributes that mark this module's outputs, so selectors can list only them.
 CANDIDATES_ATTRIBUTE = "AmbiguousSAM.Candidates"
 UNCERTAINTY_ATTRIBUTE = "AmbiguousSAM.Uncertainty"
-
-
-def candidateColor(index: int) -> tuple[float, float, float]:
-    """A saturated colour for candidate `index`; golden-ratio hue steps keep any K colours far apart."""
-    hue = (0.08 + index * 0.618033988749895) % 1.0
-    return colorsys.hsv_to_rgb(hue, 0.85, 1.0)
 
 
 def checkResultFitsVolume(volumeNode: slicer.vtkMRMLScalarVolumeNode, result: LesionResult) -> None:
@@ -97,12 +83,10 @@ def createCandidateSegmentation(volumeNode: slicer.vtkMRMLScalarVolumeNode,
     segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
     segmentationNode.CreateDefaultDisplayNodes()
-    for index in range(result.num_candidates):
-        addMaskSegment(segmentationNode, labelmapFromMask(volumeNode, result.candidates[index], result.offset),
-                       CANDIDATE_SEGMENT_NAME.format(number=index + 1), candidateColor(index),
-                       {ROLE_TAG: "candidate", SCORE_TAG: f"{float(result.scores[index]):.6g}"})
-    addMaskSegment(segmentationNode, labelmapFromMask(volumeNode, result.consensus, result.offset),
-                   CONSENSUS_SEGMENT_NAME, CONSENSUS_COLOR, {ROLE_TAG: "consensus"})
+    masks = [*result.candidates, result.consensus]
+    for entry, mask in zip(candidate_table(result.scores), masks):
+        addMaskSegment(segmentationNode, labelmapFromMask(volumeNode, mask, result.offset), entry.name, entry.colour,
+                       entry.tags)
     displayNode = segmentationNode.GetDisplayNode()
     displayNode.SetVisibility2DFill(False)
     displayNode.SetVisibility2DOutline(True)
@@ -131,7 +115,7 @@ def createUncertaintyVolume(volumeNode: slicer.vtkMRMLScalarVolumeNode,
 
 
 def segmentIdsWithRole(segmentationNode: slicer.vtkMRMLSegmentationNode, role: str) -> list[str]:
-    """IDs of the segments tagged with `role` ("candidate" or "consensus"), in segment order."""
+    """IDs of the segments whose role tag is `role` (CANDIDATE_ROLE or CONSENSUS_ROLE), in segment order."""
     segmentation = segmentationNode.GetSegmentation()
     found = []
     for index in range(segmentation.GetNumberOfSegments()):
@@ -140,6 +124,18 @@ def segmentIdsWithRole(segmentationNode: slicer.vtkMRMLSegmentationNode, role: s
         if segmentation.GetSegment(segmentId).GetTag(ROLE_TAG, value) and str(value) == role:
             found.append(segmentId)
     return found
+
+
+def adoptCandidateSet(segmentationNode: slicer.vtkMRMLSegmentationNode) -> bool:
+    """Mark a segmentation that holds candidate segments (one loaded from a `candidates.seg.nrrd` the command line
+    wrote, or from a saved scene) as a candidate set, so the module lists and browses it like its own results.
+
+    Returns whether it is one; a segmentation without candidate-tagged segments is left untouched.
+    """
+    if not segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE):
+        return False
+    segmentationNode.SetAttribute(CANDIDATES_ATTRIBUTE, "1")
+    return True
 
 
 def removeOutputNodes(nodes: list[slicer.vtkMRMLDisplayableNode]) -> None:
