@@ -14,8 +14,21 @@ from ..errors import CheckpointError
 from ..modeling.backbone import Backbone
 from .probabilistic_sam import ProbabilisticSAM
 
-#: The head trained on LIDC-IDRI that ships with the project (see Resources/Models/MODEL_CARD.md).
-DEFAULT_HEAD = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "probabilistic_sam_lidc.pt"
+HEAD_FILE_NAME = "probabilistic_sam_lidc.pt"
+
+
+def shipped_head() -> Path:
+    """The head trained on LIDC-IDRI that ships with the project (see Resources/Models/MODEL_CARD.md).
+
+    In the Slicer module folder and a source checkout it sits in Resources/Models next to the package; a wheel
+    (`pip install .`) carries it inside the package as AmbiguousSAMLib/shipped_models (pyproject.toml).
+    """
+    package = Path(__file__).resolve().parents[1]
+    module_folder = package.parent / "Resources" / "Models" / HEAD_FILE_NAME
+    return module_folder if module_folder.is_file() else package / "shipped_models" / HEAD_FILE_NAME
+
+
+DEFAULT_HEAD = shipped_head()
 
 
 def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
@@ -36,9 +49,17 @@ def _read_payload(path: Path) -> dict:
         raise CheckpointError(
             f"No trained head at {path}. Train one with 'ambiguous-sam train' or pass the path of a head file."
         )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises OSError, UnpicklingError, RuntimeError... for files it cannot read
+        raise CheckpointError(
+            f"{path} is not a readable head file ({type(error).__name__}). Pass a head made by 'ambiguous-sam "
+            "train' or 'tune-sampling', or 'default' for the shipped LIDC head."
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != "ambiguous-sam-head/1":
         raise CheckpointError(f"{path} is not an AmbiguousSAM head file (made by 'ambiguous-sam train').")
+    if not isinstance(payload.get("state"), dict) or not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{path} is an incomplete AmbiguousSAM head file; train or download it again.")
     return payload
 
 
@@ -65,9 +86,13 @@ def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> Probabilis
             f"The head {path.name} was trained on backbone '{payload['backbone']}', not '{backbone.spec.name}'. "
             f"Use --backbone {payload['backbone']} or a head trained on {backbone.spec.name}."
         )
-    head = ProbabilisticSAM(backbone, **payload["config"])
+    try:
+        head = ProbabilisticSAM(backbone, **payload["config"])
+    except TypeError as error:
+        raise CheckpointError(f"{path} was written by another version of AmbiguousSAM ({error}); retrain it.") from error
     expected = head.trainable_parameters()
-    if set(expected) != set(payload["state"]):
+    if set(expected) != set(payload["state"]) or any(
+            getattr(payload["state"][name], "shape", None) != tensor.shape for name, tensor in expected.items()):
         raise CheckpointError(f"{path} does not match this version's head layout; retrain it.")
     with torch.no_grad():
         for name, tensor in payload["state"].items():
