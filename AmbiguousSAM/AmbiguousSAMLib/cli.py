@@ -1,4 +1,4 @@
-"""`ambiguous-sam`: the command line of the core (demo, train, tune-sampling, evaluate, segment)."""
+"""`ambiguous-sam`: the command line of the core (demo, train, tune-sampling, evaluate, segment, serve)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _train(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from .crops import rows_with_raters
+    from .crops import open_crop_file, rows_with_raters
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
     from .training.trainer import TrainConfig, train
@@ -32,7 +32,7 @@ def _train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision)
-    with np.load(args.data) as data:
+    with open_crop_file(args.data) as data:
         rows = rows_with_raters(data["masks"])[:: args.every]
     cache = EmbeddingCache(args.cache)
     wanted = len(rows) if args.encode_limit is None else min(args.encode_limit, len(rows))
@@ -81,7 +81,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     from .evaluation import evaluation_rows
     from .heads.checkpoint import DEFAULT_HEAD, load_head, save_head
     from .predictor import Predictor
-    from .crops import load_crops
+    from .crops import load_crops, open_crop_file
     from .training.embedding_cache import EmbeddingCache
     from .metrics import MEAN_SCORES
     from .training.sampling_tuning import tune_sampling
@@ -91,7 +91,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
                           precision=args.precision)
     head_path = Path(args.head or DEFAULT_HEAD)
     head = load_head(predictor.backbone, head_path).to(predictor.device)
-    with np.load(args.data) as file:
+    with open_crop_file(args.data) as file:
         rows = evaluation_rows(file["masks"], args.limit)
     cache = EmbeddingCache(args.cache)
     cache.build(args.data, rows, predictor, max_shift=0, seed=args.seed, progress=_progress("encode"))
@@ -118,11 +118,15 @@ def _tune_sampling(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .jobs import SegmentJob, read_jobs, run_job
-    from .segmenter import LesionSegmenter
+    from .jobs import SegmentJob, check_outputs, read_jobs, run_job
 
+    bad_rows: list[tuple[int, str]] = []
     if args.batch:
-        jobs = read_jobs(args.batch, args.samples, args.seed)
+        jobs, bad_rows = read_jobs(args.batch, args.samples, args.seed)
+        for line, reason in bad_rows:
+            print(f"{args.batch}, line {line}: skipped: {reason.rstrip('.')}.", file=sys.stderr)
+        if not jobs:
+            raise AmbiguousSAMError(f"Every row of {args.batch} was refused (see above); nothing was run.")
     else:
         if args.input is None or args.out is None:
             raise AmbiguousSAMError("Give INPUT and -o OUT (or --batch jobs.csv).")
@@ -134,14 +138,27 @@ def _segment(args: argparse.Namespace) -> None:
             raise AmbiguousSAMError("Give --box I0 J0 I1 J1 with --slice K, or --box-ras/--box-lps with two corners.")
         jobs = [SegmentJob(input=Path(args.input), out=Path(args.out), box_ijk=args.box and tuple(args.box),
                            slice_k=args.slice, corners=corners, space=space, samples=args.samples, seed=args.seed)]
+        if not jobs[0].input.exists():
+            raise AmbiguousSAMError(f"The input {jobs[0].input} does not exist; give a CT file (.nrrd, .nii.gz, "
+                                    ".mha) or a DICOM series folder.")
+    ready, refused = check_outputs(jobs, args.overwrite)  # before the model loads: a wrong -o costs nothing
+    if refused and len(jobs) == 1:
+        raise refused[0][1]
+    for job, error in refused:
+        print(f"{job.input}: skipped: {error}", file=sys.stderr)
+    if not ready:
+        raise AmbiguousSAMError(f"All {len(jobs) + len(bad_rows)} cases were refused (see above); nothing was "
+                                "written.")
+    from .segmenter import LesionSegmenter
+
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     segmenter = LesionSegmenter(backbone=args.backbone, head=args.head, checkpoint=args.checkpoint,
                                 device=args.device, precision=args.precision)
-    failures = 0
-    for job in tqdm(jobs, desc="segment", disable=len(jobs) == 1):
+    failures = len(refused) + len(bad_rows)
+    for job in tqdm(ready, desc="segment", disable=len(jobs) == 1):
         try:
             summary = run_job(segmenter, job, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct)
             volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
@@ -153,7 +170,21 @@ def _segment(args: argparse.Namespace) -> None:
             failures += 1
             print(f"{job.input}: skipped: {error}", file=sys.stderr)
     if failures:
-        raise SystemExit(f"{failures} of {len(jobs)} cases failed (see above); the others were written.")
+        raise AmbiguousSAMError(f"{failures} of {len(jobs) + len(bad_rows)} cases failed or were refused (see "
+                                "above); the others were written.")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .server import ServeOptions, serve
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    serve(ServeOptions(host=args.host, port=args.port, token_file=args.token_file, certfile=args.certfile,
+                       keyfile=args.keyfile, max_request_mb=args.max_request_mb, ready_file=args.ready_file,
+                       exit_with_stdin=args.exit_with_stdin, backbone=args.backbone, head=args.head,
+                       checkpoint=args.checkpoint, device=args.device, precision=args.precision))
 
 
 def _progress(label: str):
@@ -182,6 +213,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ambiguous-sam", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="segment the LIDC-IDRI-0001 nodule (or pydicom's CT slice) and draw it")
@@ -251,16 +283,55 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--allow-non-ct", action="store_true", help="segment volumes that are not CT in HU")
     _add_model_options(segment)
     segment.set_defaults(run=_segment, precision="bf16")
+    serve = commands.add_parser("serve", help="keep the model loaded in this process and answer clicks over HTTP "
+                                              "(Slicer's inference server; also a remote GPU server)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback: needs --token-file)")
+    serve.add_argument("--port", type=int, default=8765, help="port (0: any free one, see --ready-file)")
+    serve.add_argument("--token-file", type=Path, help="file holding the token clients must send (Bearer)")
+    serve.add_argument("--certfile", type=Path, help="PEM certificate: serve HTTPS")
+    serve.add_argument("--keyfile", type=Path, help="PEM private key of --certfile")
+    serve.add_argument("--max-request-mb", type=float, default=512.0, help="refuse larger requests (HTTP 413)")
+    serve.add_argument("--ready-file", type=Path, help="write {url, pid, version} here once the model is loaded")
+    serve.add_argument("--exit-with-stdin", action="store_true", help="shut down when stdin closes (the parent "
+                                                                      "process holds it)")
+    serve.add_argument("--head", default="default", help="'default' (shipped LIDC head), 'deterministic' or a path")
+    _add_model_options(serve)
+    serve.set_defaults(run=_serve, precision="bf16")
     return parser
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The numbers and the device every command takes, checked before a model or a data file is loaded."""
+    from .device import check_threads, resolve_device
+    from .limits import check_samples, check_seed
+
+    for name, check in (("threads", check_threads), ("samples", check_samples), ("seed", check_seed)):
+        value = getattr(args, name, None)
+        if value is not None:
+            check(value)
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input exits 2 with the reason, an unexpected failure 1, without a traceback
+    unless --debug asks for it."""
     args = build_parser().parse_args(argv)
     try:
+        _check_arguments(args)
         args.run(args)
     except AmbiguousSAMError as error:
         print(f"ambiguous-sam: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ambiguous-sam: cancelled; outputs that were not complete were not written.", file=sys.stderr)
+        return 130
+    except Exception as error:  # anything else is a bug of ours: say so, without a traceback unless asked
+        if args.debug:
+            raise
+        print(f"ambiguous-sam: internal error: {type(error).__name__}: {error}\nRun the same command with --debug "
+              "for the traceback and report it at the project's issue tracker.", file=sys.stderr)
+        return 1
     return 0
 
 
