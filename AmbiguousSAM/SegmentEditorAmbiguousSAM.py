@@ -1,6 +1,7 @@
 import os
 
 import slicer
+from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 #
@@ -22,8 +23,8 @@ class SegmentEditorAmbiguousSAM(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["AmbiguousSAM contributors"]
         self.parent.hidden = True
-        self.parent.helpText = "This hidden module registers the Ambiguous SAM segment editor effect."
-        self.parent.acknowledgementText = "See the Ambiguous SAM module for the methods and data this effect uses."
+        self.parent.helpText = _("This hidden module registers the Ambiguous SAM segment editor effect.")
+        self.parent.acknowledgementText = _("See the Ambiguous SAM module for the methods and data this effect uses.")
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
 
     def registerEditorEffect(self) -> None:

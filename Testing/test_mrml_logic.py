@@ -1,24 +1,28 @@
 """AmbiguousSAMLogic end to end: prompts from the scene, failures that leave the scene alone, the real model on LIDC.
 
-The last tests run the real LesionSegmenter (AmbiguousSAMLib.segmenter) on the LIDC-IDRI-0001 demo CT: the model
-is loaded once for the module and run once to completion.
+The last tests run the real LesionSegmenter (AmbiguousSAMLib.segmenter) in this process on the LIDC-IDRI-0001 demo
+CT (the `segmenter=` path of scripts that hold a model): the model is loaded once for the module. The same logic
+through the inference server is tested in test_mrml_session.py.
 """
 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 import threading
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
 
 from AmbiguousSAMLib.errors import CancelledError, InvalidBoxError, InvalidImageError
-from AmbiguousSAMLogic import BACKBONE_CHOICES, AmbiguousSAMLogic, BackgroundTask, ModelSettings, missingPackages
+from AmbiguousSAMLogic import BACKBONE_CHOICES, AmbiguousSAMLogic, ModelSettings, missingPackages
 from AmbiguousSAMLogic.geometry import ijkToRasMatrix
 from AmbiguousSAMLogic.rollback import nodeIds
 
+MODULE_DIR = Path(__file__).resolve().parents[1] / "AmbiguousSAM"
 #: The LIDC-IDRI-0001 nodule spans k = 86..93, i ~ 298..336, j ~ 341..388 (shared/data/README.md).
 NODULE_SLICE = 89
 NODULE_BOX_IJK = ((293.0, 336.0), (341.0, 393.0))
@@ -37,21 +41,27 @@ def roiOverIjkBox(scene, volumeNode, low: np.ndarray, high: np.ndarray):
     return roi
 
 
-def test_prompt_from_an_roi_is_a_copy_of_the_voxels_with_the_box_and_slice(mrml_scene, oblique_volume):
+def test_prompt_from_an_roi_is_a_copy_of_the_lesion_s_block_with_the_box_and_slice(mrml_scene, oblique_volume):
     roi = roiOverIjkBox(mrml_scene, oblique_volume, np.array([10.0, 5.0, 11.0]), np.array([30.0, 25.0, 13.0]))
-    prompt = AmbiguousSAMLogic().preparePrompt(oblique_volume, roi)
-    np.testing.assert_allclose(prompt.box, (10.0, 5.0, 30.0, 25.0), atol=1e-4)
-    assert prompt.sliceK == 12
-    assert prompt.spacing == pytest.approx((0.7, 0.9, 2.5))
-    np.testing.assert_array_equal(prompt.volume, slicer.util.arrayFromVolume(oblique_volume))
-    assert not np.shares_memory(prompt.volume, slicer.util.arrayFromVolume(oblique_volume))
+    region = AmbiguousSAMLogic().preparePrompt(oblique_volume, roi)
+    np.testing.assert_allclose(region.box, (10.0, 5.0, 30.0, 25.0), atol=1e-4)
+    assert region.slice_k == 12
+    assert region.spacing == pytest.approx((0.7, 0.9, 2.5))
+    voxels = slicer.util.arrayFromVolume(oblique_volume)
+    assert region.volume_shape == voxels.shape and region.fill == voxels.min()
+    (k0, j0, i0), (dk, dj, di) = region.offset, region.voxels.shape
+    assert dk < voxels.shape[0], "only the slices the lesion can reach are copied"
+    np.testing.assert_array_equal(region.voxels, voxels[k0:k0 + dk, j0:j0 + dj, i0:i0 + di])
+    assert not np.shares_memory(region.voxels, voxels)
 
 
 def test_prompt_from_rectangle_corners_drawn_on_a_slice(oblique_volume, oblique_ijk_to_ras):
-    corners = np.array([[12.0, 8.0, 7.0, 1.0], [31.0, 8.0, 7.0, 1.0], [31.0, 22.5, 7.0, 1.0], [12.0, 22.5, 7.0, 1.0]])
-    prompt = AmbiguousSAMLogic().preparePrompt(oblique_volume, (corners @ oblique_ijk_to_ras.T)[:, :3])
-    np.testing.assert_allclose(prompt.box, (12.0, 8.0, 31.0, 22.5), atol=1e-9)
-    assert prompt.sliceK == 7
+    """A rectangle on slice 11, over the edge of the volume's ball (a box over nothing but lung is refused)."""
+    corners = np.array([[12.0, 8.0, 11.0, 1.0], [31.0, 8.0, 11.0, 1.0], [31.0, 22.5, 11.0, 1.0],
+                        [12.0, 22.5, 11.0, 1.0]])
+    region = AmbiguousSAMLogic().preparePrompt(oblique_volume, (corners @ oblique_ijk_to_ras.T)[:, :3])
+    np.testing.assert_allclose(region.box, (12.0, 8.0, 31.0, 22.5), atol=1e-9)
+    assert region.slice_k == 11
 
 
 @pytest.mark.parametrize("box, message", [
@@ -92,42 +102,6 @@ def test_a_run_cancelled_before_it_starts_adds_nothing(mrml_scene, oblique_volum
     assert nodeIds(mrml_scene) == before
 
 
-def test_background_task_reports_progress_and_returns_the_result():
-    release = threading.Event()
-
-    def work(progress, cancel):
-        progress(0.25, "first slice")
-        release.wait(5.0)
-        return "candidates"
-
-    task = BackgroundTask(work)
-    assert not task.done
-    task.start()
-    deadline = time.monotonic() + 5.0
-    while task.progress != (0.25, "first slice") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert task.progress == (0.25, "first slice") and not task.done
-    release.set()
-    assert task.wait(5.0)
-    assert task.result() == "candidates"
-
-
-def test_background_task_passes_cancel_and_hands_errors_to_the_main_thread():
-    def work(progress, cancel):
-        if not cancel.wait(5.0):
-            return "not cancelled"
-        raise CancelledError("stopped")
-
-    task = BackgroundTask(work)
-    with pytest.raises(RuntimeError, match="not finished"):
-        task.result()
-    task.start()
-    task.cancel()
-    assert task.wait(5.0) and task.cancelled
-    with pytest.raises(CancelledError, match="stopped"):
-        task.result()
-
-
 def test_this_environment_has_every_package_the_module_installs_in_slicer():
     assert missingPackages() == []
 
@@ -140,22 +114,23 @@ def test_model_choices_and_defaults_follow_the_core():
     assert ModelSettings().precision == inspect.signature(LesionSegmenter).parameters["precision"].default
 
 
-def test_cpu_is_reported_when_no_gpu_is_used():
-    import torch
-
-    logic = AmbiguousSAMLogic()
-    assert logic.runsOnCpu() == (not torch.cuda.is_available())
-    logic.modelSettings = ModelSettings(device="cpu")
-    assert logic.runsOnCpu()
+def test_the_logic_does_not_import_torch():
+    """Inside Slicer the GUI process may not have PyTorch (the server process does): the MRML layer must load."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import AmbiguousSAMLogic; "
+            "assert 'torch' not in sys.modules, sorted(name for name in sys.modules if name.startswith('torch'))")
+    completed = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
 
 
 # --- The real model on the LIDC-IDRI demo CT ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def lidc_logic() -> AmbiguousSAMLogic:
-    """One logic for the module, so the model is loaded once and shared like in Slicer."""
-    return AmbiguousSAMLogic()
+def lidc_segmenter():
+    """One in-process model for the file, loaded once."""
+    from AmbiguousSAMLib.segmenter import LesionSegmenter
+
+    return LesionSegmenter()
 
 
 @pytest.fixture
@@ -173,11 +148,12 @@ def raterUnion(lidc_ct_path) -> np.ndarray:
     return np.any([sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0 for path in raters], axis=0)
 
 
-def test_end_to_end_on_the_lidc_demo_ct(mrml_scene, lidc_ct_node, lidc_ct_path, nodule_roi, lidc_logic):
+def test_end_to_end_on_the_lidc_demo_ct(mrml_scene, lidc_ct_node, lidc_ct_path, nodule_roi, lidc_segmenter):
     progress = []
     before = nodeIds(mrml_scene)
-    segmentationNode, heatmapNode = lidc_logic.process(lidc_ct_node, nodule_roi, samples=4, seed=0,
-                                                       progress=lambda fraction, message: progress.append(fraction))
+    segmentationNode, heatmapNode = AmbiguousSAMLogic().process(
+        lidc_ct_node, nodule_roi, samples=4, seed=0, segmenter=lidc_segmenter,
+        progress=lambda fraction, message: progress.append(fraction))
     assert nodeIds(mrml_scene)[:len(before)] == before
     assert progress and all(0.0 <= fraction <= 1.0 for fraction in progress)
 
@@ -194,12 +170,10 @@ def test_end_to_end_on_the_lidc_demo_ct(mrml_scene, lidc_ct_node, lidc_ct_path, 
     assert inExperts >= 0.5, f"only {inExperts:.0%} of the consensus lies inside any expert's outline"
 
 
-def test_cancelling_a_real_run_leaves_the_scene_unchanged(mrml_scene, lidc_ct_node, nodule_roi, lidc_logic):
-    segmenter = lidc_logic.segmenter()
-    assert lidc_logic.segmenter() is segmenter, "the model is loaded once and kept"
+def test_cancelling_a_real_run_leaves_the_scene_unchanged(mrml_scene, lidc_ct_node, nodule_roi, lidc_segmenter):
     cancel = threading.Event()
     before = nodeIds(mrml_scene)
     with pytest.raises(CancelledError):
-        lidc_logic.process(lidc_ct_node, nodule_roi, samples=4, segmenter=segmenter, cancel=cancel,
-                           progress=lambda fraction, message: cancel.set())
+        AmbiguousSAMLogic().process(lidc_ct_node, nodule_roi, samples=4, segmenter=lidc_segmenter, cancel=cancel,
+                                    progress=lambda fraction, message: cancel.set())
     assert nodeIds(mrml_scene) == before

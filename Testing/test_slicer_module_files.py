@@ -102,7 +102,8 @@ def test_ui_file_has_every_widget_the_module_uses_and_binds_only_real_parameters
 
     bound = {prop.find("string").text for prop in root.iter("property") if prop.get("name") == "SlicerParameterName"}
     module = ast.parse((MODULE_DIR / "AmbiguousSAM.py").read_text())
-    parameterNode = next(node for node in module.body
+    # The class is built inside parameterNodeClass() (its ROI field needs the Markups module loaded): search deep.
+    parameterNode = next(node for node in ast.walk(module)
                          if isinstance(node, ast.ClassDef) and node.name == "AmbiguousSAMParameterNode")
     fields = {statement.target.id for statement in parameterNode.body if isinstance(statement, ast.AnnAssign)}
     assert bound == fields, "every parameter should have exactly one widget in the .ui and vice versa"
@@ -130,3 +131,20 @@ def test_extension_metadata_and_index_entry_agree():
     assert entry["category"] == metadata["EXTENSION_CATEGORY"]
     assert entry["build_dependencies"] == metadata["EXTENSION_DEPENDS"].split(";") == ["PyTorch"]
     assert entry["scm_url"] == metadata["EXTENSION_HOMEPAGE"]
+
+
+def test_the_extension_ships_its_own_licence_and_readme():
+    """ExtensionsIndex's check_description_files.py wants a LICENSE file in the repository root, and without
+    EXTENSION_LICENSE_FILE / EXTENSION_README_FILE, Slicer's UseSlicer.cmake sets them to Slicer's own files,
+    which SlicerExtensionCPack.cmake then packages as this extension's. They must be set before UseSlicer runs."""
+    licence = (REPOSITORY / "LICENSE").read_text()
+    assert licence.split()[:4] == ["Apache", "License", "Version", "2.0,"] and "END OF TERMS AND CONDITIONS" in licence
+    pyproject = (REPOSITORY / "pyproject.toml").read_text()
+    assert 'license = "Apache-2.0"' in pyproject and 'license-files = ["LICENSE"]' in pyproject
+    text = (REPOSITORY / "CMakeLists.txt").read_text()
+    files = dict(re.findall(r"set\((EXTENSION_(?:LICENSE|README)_FILE)\s+\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", text))
+    assert files == {"EXTENSION_LICENSE_FILE": "LICENSE", "EXTENSION_README_FILE": "README.md"}
+    assert all((REPOSITORY / name).is_file() for name in files.values())
+    assert text.index("EXTENSION_LICENSE_FILE") < text.index("include(${Slicer_USE_FILE})")
+    # The minimum of Slicer's current extension template (Utilities/Templates/Extensions/Default/CMakeLists.txt).
+    assert text.startswith("cmake_minimum_required(VERSION 3.28.0...3.28.0 FATAL_ERROR)")

@@ -5,19 +5,23 @@ in batch scripts and under the headless `slicer-core` wheel the tests use. The m
 effect are thin Qt layers over these functions.
 """
 
-from AmbiguousSAMLib.errors import AmbiguousSAMError, CancelledError
+from AmbiguousSAMLib.candidate_table import CANDIDATE_ROLE
+from AmbiguousSAMLib.errors import AmbiguousSAMError, CancelledError, ServerError
 
 from .accept import acceptCandidate, candidateLabelmap
 from .dependencies import installDependencies, missingPackages
 from .display import overlayUncertainty, setHeatmapColorNode, showCandidates
-from .logic import AmbiguousSAMLogic, LesionPrompt
+from .logic import AmbiguousSAMLogic
 from .modelsettings import BACKBONE_CHOICES, DEVICE_CHOICES, HEAD_CHOICES, ModelSettings
-from .nodes import CANDIDATES_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, removeOutputNodes, segmentIdsWithRole
-from .worker import BackgroundTask
+from .modifier import candidateModifierLabelmap, segmentHasVoxels
+from .nodes import CANDIDATES_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, adoptCandidateSet, removeOutputNodes, segmentIdsWithRole
+from .runner import SegmentationRun, userMessage
+from .session import InferenceSession, RemoteTask, sharedSession
+from .sliceview import NOT_AXIAL_MESSAGE, sliceShowsAxialPlane
 
 __all__ = [
-    "AmbiguousSAMError", "AmbiguousSAMLogic", "BACKBONE_CHOICES", "BackgroundTask", "CANDIDATES_ATTRIBUTE",
-    "CancelledError", "DEVICE_CHOICES", "HEAD_CHOICES", "LesionPrompt", "ModelSettings", "UNCERTAINTY_ATTRIBUTE",
-    "acceptCandidate", "candidateLabelmap", "installDependencies", "missingPackages", "overlayUncertainty",
-    "removeOutputNodes", "segmentIdsWithRole", "setHeatmapColorNode", "showCandidates",
+    "AmbiguousSAMError", "AmbiguousSAMLogic", "BACKBONE_CHOICES", "CANDIDATE_ROLE", "CANDIDATES_ATTRIBUTE",
+    "CancelledError", "DEVICE_CHOICES", "HEAD_CHOICES", "InferenceSession", "ModelSettings", "NOT_AXIAL_MESSAGE", "RemoteTask", "SegmentationRun", "ServerError", "UNCERTAINTY_ATTRIBUTE",
+    "acceptCandidate", "adoptCandidateSet", "candidateLabelmap", "candidateModifierLabelmap", "installDependencies", "missingPackages", "overlayUncertainty",
+    "removeOutputNodes", "segmentHasVoxels", "segmentIdsWithRole", "setHeatmapColorNode", "sharedSession", "showCandidates", "sliceShowsAxialPlane", "userMessage",
 ]

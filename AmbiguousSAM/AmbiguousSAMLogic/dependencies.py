@@ -1,10 +1,13 @@
-"""The Python packages the core needs inside Slicer, installed only after the user agrees.
+"""The Python packages the local inference server needs inside Slicer, installed only after the user agrees.
 
+The server process runs with Slicer's own Python (PythonSlicer), so it uses Slicer's site-packages: what is
+installed here is what it imports. A remote server (ModelSettings.serverUrl) needs nothing installed here.
 Slicer ships numpy and SimpleITK but not PyTorch. PyTorch and torchvision (which segment-anything and timm import)
 come through the PyTorch extension's PyTorchUtils, which picks the builds that match the GPU driver (a plain
 `pip install torch` is CPU-only or the wrong CUDA on many machines); the other packages come from PyPI through
 slicer.util.pip_install, after PyTorch so that pip finds it satisfied and leaves it alone. The core itself needs no
 installation: AmbiguousSAMLib ships inside the module folder, which Slicer puts on sys.path.
+The user is asked once, by `installDependencies` (PyTorchUtils is then told not to ask again).
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ def installDependencies(confirm: Callable[[str], bool]) -> bool:
 
 
 def installTorch() -> None:
-    """Install PyTorch and torchvision through the PyTorch extension, which asks the user and picks the CUDA build."""
+    """Install PyTorch and torchvision through the PyTorch extension, which picks the CUDA build.
+
+    The user already agreed in `installDependencies`, so PyTorchUtils is not to ask a second time
+    (SlicerPyTorch's PyTorchUtils.py: installTorch(askConfirmation=False, forceComputationBackend=None,
+    torchVersionRequirement=None)).
+    """
     try:
         import PyTorchUtils
     except ImportError as error:
@@ -71,7 +79,7 @@ def installTorch() -> None:
             "Extensions Manager, restart Slicer, and run Ambiguous SAM again."
         ) from error
     try:
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
                                                               torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
     except Exception as error:
         raise AmbiguousSAMError(

@@ -5,28 +5,31 @@ Usable without the widget, from Slicer's Python console, a batch script, the Seg
     logic = AmbiguousSAMLogic()
     segmentationNode, heatmapNode = logic.process(volumeNode, roiNode, samples=16, seed=0)
 
-A run has three stages, so the widget can keep the GUI responsive: `preparePrompt` reads the scene (main thread),
-`segment` runs the core on numpy arrays only (any thread), `createOutputNodes` adds the nodes (main thread).
-`process` runs the three in sequence. Nodes are created only after the core succeeded, and all of them are removed
-again if building them fails, so a failed or cancelled run leaves the scene as it was.
+A run has three stages: `preparePrompt` reads the scene and cuts out the lesion region (the only voxels the model
+reads, which is what travels to the inference server), `segment` runs the model on that region (in the session's
+server process, or in this process when a segmenter is given), `createOutputNodes` adds the nodes. `process` runs
+the three in sequence and waits; the widget and the effect run the same stages without waiting (runner.py).
+Nodes are created only after the model succeeded, and all of them are removed again if building them fails, so a
+failed or cancelled run leaves the scene as it was. Nothing here imports torch: inside Slicer the GUI process may
+not have it; the server process does.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import slicer
 
-from AmbiguousSAMLib.errors import CancelledError, InvalidBoxError
+from AmbiguousSAMLib.errors import InvalidBoxError
 from AmbiguousSAMLib.lesion import LesionResult
+from AmbiguousSAMLib.region import LesionRegion, lesion_region
 
-from .geometry import checkScalarVolume, promptBoxFromWorldPoints, roiCornersWorld, volumeArray, volumeSpacing
-from .modelsettings import ModelSettings
+from .geometry import checkScalarVolume, promptBoxFromWorldPoints, roiCornersWorld, volumeSpacing
 from .nodes import createCandidateSegmentation, createUncertaintyVolume
 from .rollback import removeAddedNodesOnError
+from .session import InferenceSession, cancelledError, sharedSession
 
 try:
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -39,26 +42,13 @@ except ImportError:
 if TYPE_CHECKING:
     from AmbiguousSAMLib.segmenter import LesionSegmenter
 
-#: progress(fraction in 0..1, message), called from the thread that runs the core.
+#: progress(fraction in 0..1, message).
 ProgressCallback = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class LesionPrompt:
-    """Everything the core needs from the scene, copied out of it so the core can run on another thread."""
-
-    #: (k, j, i) voxel values (HU for CT), a copy of the volume's array.
-    volume: np.ndarray
-    #: (i0, j0, i1, j1) box on slice `sliceK`, in continuous voxel indices.
-    box: tuple[float, float, float, float]
-    sliceK: int
-    #: (si, sj, sk) voxel size in mm.
-    spacing: tuple[float, float, float]
 
 
 def raiseIfCancelled(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
-        raise CancelledError("The segmentation was cancelled; nothing was added to the scene.")
+        raise cancelledError()
 
 
 class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
@@ -68,42 +58,24 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
 
-    def __init__(self) -> None:
+    def __init__(self, session: InferenceSession | None = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        #: Change to use another model; the next run loads it.
-        self.modelSettings = ModelSettings()
-        self._segmenter: LesionSegmenter | None = None
-        self._segmenterSettings: ModelSettings | None = None
-        self._segmenterLock = threading.Lock()
-
-    def segmenter(self) -> LesionSegmenter:
-        """The model for the current settings: loaded on first use (seconds), then kept for every later click."""
-        with self._segmenterLock:
-            if self._segmenter is None or self._segmenterSettings != self.modelSettings:
-                # Imported here: it needs torch, which Slicer installs on demand after the module has loaded.
-                from AmbiguousSAMLib.segmenter import LesionSegmenter
-
-                settings = self.modelSettings
-                self._segmenter = LesionSegmenter(backbone=settings.backbone, head=settings.head,
-                                                  checkpoint=settings.checkpoint, device=settings.device,
-                                                  precision=settings.precision)
-                self._segmenterSettings = settings
-            return self._segmenter
-
-    def runsOnCpu(self) -> bool:
-        """True when the current device setting resolves to the CPU (seconds per click instead of a fraction)."""
-        from AmbiguousSAMLib.device import resolve_device
-
-        return resolve_device(self.modelSettings.device).type == "cpu"
+        #: Where the model runs; by default the one session of this Slicer process, shared with the widget and
+        #: the Segment Editor effect (one model, one cache, one set of model settings: `session.settings`).
+        self.session = session if session is not None else sharedSession()
 
     def preparePrompt(self, volumeNode: slicer.vtkMRMLScalarVolumeNode,
-                      roiNodeOrBox: slicer.vtkMRMLMarkupsROINode | np.ndarray) -> LesionPrompt:
-        """Read the volume and turn the ROI, or (N, 3) world RAS corner points, into a box on one axial slice."""
+                      roiNodeOrBox: slicer.vtkMRMLMarkupsROINode | np.ndarray) -> LesionRegion:
+        """The lesion region for an ROI, or (N, 3) world RAS corner points: the box on one axial slice and a copy
+        of the voxels the model may read for it (validated: a bad box or volume raises here, before any model)."""
         checkScalarVolume(volumeNode)
-        if isinstance(roiNodeOrBox, slicer.vtkMRMLMarkupsROINode):
-            corners = roiCornersWorld(roiNodeOrBox)
-        elif roiNodeOrBox is None:
+        if roiNodeOrBox is None:
             raise InvalidBoxError("No ROI is selected. Place an ROI around the lesion, or draw a box on a slice.")
+        if isinstance(roiNodeOrBox, slicer.vtkMRMLNode):
+            if not roiNodeOrBox.IsA("vtkMRMLMarkupsROINode"):
+                raise InvalidBoxError(f"'{roiNodeOrBox.GetName()}' is a {roiNodeOrBox.GetClassName()}, not an ROI; "
+                                      "select an ROI around the lesion.")
+            corners = roiCornersWorld(roiNodeOrBox)
         else:
             corners = np.asarray(roiNodeOrBox, dtype=np.float64)
             if corners.ndim != 2 or corners.shape[1] != 3 or len(corners) < 2 or not np.isfinite(corners).all():
@@ -111,25 +83,24 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
                     f"A box is given as two or more finite RAS points (N, 3); got an array of shape {corners.shape}."
                 )
         promptBox = promptBoxFromWorldPoints(volumeNode, corners)
-        return LesionPrompt(volume=volumeArray(volumeNode), box=promptBox.box, sliceK=promptBox.sliceK,
-                            spacing=volumeSpacing(volumeNode))
+        # A view of the voxels, not a copy of the whole CT: lesion_region copies only the block the model reads.
+        return lesion_region(slicer.util.arrayFromVolume(volumeNode), promptBox.box, promptBox.sliceK,
+                             volumeSpacing(volumeNode))
 
-    def segment(self, prompt: LesionPrompt, samples: int = 16, seed: int = 0,
+    def segment(self, region: LesionRegion, samples: int = 16, seed: int = 0,
                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                 segmenter: LesionSegmenter | None = None) -> LesionResult:
-        """Run the core on a prepared prompt. Touches no MRML node, so it may run on a worker thread."""
+        """Run the model on a lesion region and wait: in the session's server, or in this process on `segmenter`
+        (an AmbiguousSAMLib.segmenter.LesionSegmenter, for scripts that hold a model themselves)."""
         raiseIfCancelled(cancel)
-        if segmenter is None:
-            if progress is not None:
-                progress(0.0, "Loading the model")
-            segmenter = self.segmenter()
-        return segmenter.segment(prompt.volume, prompt.box, prompt.sliceK, prompt.spacing, samples=samples,
-                                 seed=seed, progress=progress, cancel=cancel)
+        if segmenter is not None:
+            return segmenter.segment_region(region, samples=samples, seed=seed, progress=progress, cancel=cancel)
+        return self.session.segment(region, samples, seed, progress, cancel)
 
     def createOutputNodes(self, volumeNode: slicer.vtkMRMLScalarVolumeNode, result: LesionResult
                           ) -> tuple[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLScalarVolumeNode]:
         """Add the candidate segmentation and the heatmap volume; all or nothing."""
-        checkScalarVolume(volumeNode)  # It may have been removed while the core ran on another thread.
+        checkScalarVolume(volumeNode)  # It may have been removed while the model ran.
         with removeAddedNodesOnError(volumeNode.GetScene()):
             segmentationNode = createCandidateSegmentation(volumeNode, result)
             heatmapNode = createUncertaintyVolume(volumeNode, result)
@@ -142,10 +113,10 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
                 ) -> tuple[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLScalarVolumeNode]:
         """Segment the lesion in the ROI and return (segmentation node, heatmap node), both new.
 
-        Raises the core's AmbiguousSAMError subclasses (InvalidBoxError, InvalidImageError, CancelledError, ...)
-        with a message the user can act on; the scene is unchanged when it raises.
+        Raises the core's AmbiguousSAMError subclasses (InvalidBoxError, InvalidImageError, CancelledError,
+        ServerError, ...) with a message the user can act on; the scene is unchanged when it raises.
         """
-        prompt = self.preparePrompt(volumeNode, roiNodeOrBox)
-        result = self.segment(prompt, samples, seed, progress, cancel, segmenter)
-        raiseIfCancelled(cancel)  # Cancel pressed as the core finished: honour it and add nothing.
+        region = self.preparePrompt(volumeNode, roiNodeOrBox)
+        result = self.segment(region, samples, seed, progress, cancel, segmenter)
+        raiseIfCancelled(cancel)  # Cancel pressed as the model finished: honour it and add nothing.
         return self.createOutputNodes(volumeNode, result)

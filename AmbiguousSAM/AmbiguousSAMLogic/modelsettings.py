@@ -1,8 +1,9 @@
-"""Which model runs: backbone, ambiguity head, weights, device and precision, as one comparable value.
+"""Which model runs, and where: backbone, ambiguity head, weights, device, precision, server, as one value.
 
-Loading a model takes seconds, so the logic keeps one loaded and reloads only when these settings change. The
-choices are listed here, without importing the core (which needs torch), so the Slicer module can offer them
-before the Python dependencies are installed; a test keeps them equal to the core's registries.
+Loading a model takes seconds, so the inference session keeps one server with the model loaded and restarts it
+only when these settings change. The choices are listed here, without importing the core (which needs torch), so
+the Slicer module can offer them before the Python dependencies are installed; a test keeps them equal to the
+core's registries.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Arguments of AmbiguousSAMLib.segmenter.LesionSegmenter, with the module's defaults."""
+    """The model options of `ambiguous-sam serve` (LesionSegmenter's arguments) and the server to use."""
 
     backbone: str = "litemedsam"
     head: str = "default"
@@ -29,3 +30,13 @@ class ModelSettings:
     device: str = "auto"
     #: bf16 autocast, the core's default: about half the encoder time, masks agree with fp32 at Dice ~0.98-0.997.
     precision: str = "bf16"
+    #: URL of a running `ambiguous-sam serve` (a GPU workstation, say). Empty: a local server process that the
+    #: session starts with the model options above; a remote server runs the model it was started with.
+    serverUrl: str = ""
+    #: The file holding the remote server's token (the file given to its --token-file); empty: send no token.
+    tokenFile: str = ""
+
+    def modelOptions(self) -> dict[str, str | None]:
+        """The options a local server is started with; a change of any of them means a new server process."""
+        return {"backbone": self.backbone, "head": self.head, "checkpoint": self.checkpoint, "device": self.device,
+                "precision": self.precision}

@@ -1,15 +1,16 @@
 import os
-import traceback
 
 import qt
 import vtk
 
 import slicer
+from slicer.i18n import tr as _
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from AmbiguousSAMLogic import (AmbiguousSAMError, AmbiguousSAMLogic, BackgroundTask, CancelledError,
-                               candidateLabelmap, installDependencies, overlayUncertainty, removeOutputNodes,
-                               segmentIdsWithRole, showCandidates)
+from AmbiguousSAMLogic import (CANDIDATE_ROLE, NOT_AXIAL_MESSAGE, AmbiguousSAMLogic, SegmentationRun,
+                               candidateModifierLabelmap, installDependencies, overlayUncertainty, removeOutputNodes,
+                               segmentHasVoxels, segmentIdsWithRole, showCandidates, sliceShowsAxialPlane,
+                               userMessage)
 
 #: A drag shorter than this many screen pixels is a click, not a box.
 MINIMUM_BOX_PIXELS = 4
@@ -18,28 +19,31 @@ HEATMAP_OPACITY = 0.5
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
-    """Ambiguous SAM: drag a box around a lesion on a slice view, browse K candidate outlines, apply one.
+    """Ambiguous SAM: drag a box around a lesion on the axial view, browse K candidate outlines, apply one.
 
-    The candidates and the heatmap are a preview, as in "Grow from seeds": a new box replaces them, Esc discards
-    them, and Apply writes the chosen candidate into the selected segment (undoable) and removes them. The Ambiguous
-    SAM module keeps candidate sets as ordinary nodes instead.
+    The candidates and the heatmap are nodes of their own (like the module's results), so nothing is lost when
+    Esc deactivates the effect (Segment Editor's own shortcut, qMRMLSegmentEditorWidget::installKeyboardShortcuts),
+    when the user leaves the module, or when the next box brings a new set; Discard removes the sets this effect
+    made. The model runs in the shared inference session (the module's model settings), polled by a timer.
     """
 
     def __init__(self, scriptedEffect):
         scriptedEffect.name = "Ambiguous SAM"  # no tr (don't translate it because modules find effects by name)
+        scriptedEffect.title = _("Ambiguous SAM")
         scriptedEffect.perSegment = True  # Apply writes into the selected segment
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.logic = AmbiguousSAMLogic()
+        self.logic = AmbiguousSAMLogic()  # the shared session: one model for the module, this effect, the console
         self.rubberBands = {}
-        self.task = None
-        self.taskVolume = None
-        self.candidatesNode = None
-        self.heatmapNode = None
+        self.run = None
+        #: True from the box's release until its run has started (packages may be installing meanwhile).
+        self.startPending = False
+        #: (candidates, heatmap) node pairs this effect made, oldest first; the last one is browsed.
+        self.previewSets = []
         self.candidateIndex = 0
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(100)
-        self.pollTimer.connect("timeout()", self.onPollTask)
+        self.pollTimer.connect("timeout()", self.onPollRun)
 
     def clone(self):
         # It should not be necessary to modify this method
@@ -57,45 +61,54 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon()
 
     def helpText(self):
-        return """<html>Several plausible outlines of a lesion from one box.<br>
+        return "<html>" + _("""Several plausible outlines of a lesion from one box.<br>
 <p><ul style="margin: 0">
-<li><b>Left-button drag</b> on a slice view: box around the lesion. K candidate 3D outlines, their consensus and an
-uncertainty heatmap appear after a moment.</li>
+<li><b>Left-button drag</b> on the red (axial) slice view: box around the lesion. K candidate 3D outlines, their
+consensus and an uncertainty heatmap appear after a moment (the first box also starts the model).</li>
 <li><b>Previous / Next</b>: show one candidate at a time; <b>Show all</b>: every candidate and the consensus.</li>
 <li><b>Apply</b>: write the shown candidate into the selected segment (undoable).</li>
-<li><b>Esc</b>: cancel the running segmentation, the box being dragged, or discard the candidates.</li>
-</ul><p></html>"""
+<li><b>Discard</b>: remove the shown candidate set. Candidate sets are kept otherwise, also when the effect is
+left; the Ambiguous SAM module browses them too.</li>
+</ul><p>""") + "</html>"
 
     def setupOptionsFrame(self):
         self.samplesSpinBox = qt.QSpinBox()
         self.samplesSpinBox.setRange(2, 64)
-        self.samplesSpinBox.setToolTip("How many plausible segmentations to draw (K).")
-        self.scriptedEffect.addLabeledOptionsWidget("Candidates:", self.samplesSpinBox)
+        self.samplesSpinBox.setToolTip(_("How many plausible segmentations to draw (K)."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Candidates:"), self.samplesSpinBox)
         self.samplesSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
 
         self.seedSpinBox = qt.QSpinBox()
         self.seedSpinBox.setRange(0, 999999)
-        self.seedSpinBox.setToolTip("The same seed gives the same candidates; change it to draw another set.")
-        self.scriptedEffect.addLabeledOptionsWidget("Random seed:", self.seedSpinBox)
+        self.seedSpinBox.setToolTip(_("The same seed gives the same candidates; change it to draw another set."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Random seed:"), self.seedSpinBox)
         self.seedSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
 
-        self.showUncertaintyCheckBox = qt.QCheckBox("Show uncertainty heatmap")
-        self.showUncertaintyCheckBox.setToolTip("Overlay where the candidates disagree (bright = uncertain).")
+        self.showUncertaintyCheckBox = qt.QCheckBox(_("Show uncertainty heatmap"))
+        self.showUncertaintyCheckBox.setToolTip(_("Overlay where the candidates disagree (bright = uncertain)."))
         self.scriptedEffect.addOptionsWidget(self.showUncertaintyCheckBox)
         self.showUncertaintyCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
 
         self.progressBar = qt.QProgressBar()
-        self.scriptedEffect.addOptionsWidget(self.progressBar)
-        self.statusLabel = qt.QLabel("Drag a box around the lesion on a slice view.")
+        self.cancelButton = qt.QPushButton(_("Cancel"))
+        self.cancelButton.setToolTip(_("Stop the running segmentation; nothing is added to the scene."))
+        self.cancelButton.connect("clicked()", self.cancelRun)
+        progressWidget = qt.QWidget()
+        progressLayout = qt.QHBoxLayout(progressWidget)
+        progressLayout.setContentsMargins(0, 0, 0, 0)
+        progressLayout.addWidget(self.progressBar)
+        progressLayout.addWidget(self.cancelButton)
+        self.scriptedEffect.addOptionsWidget(progressWidget)
+        self.statusLabel = qt.QLabel(_("Drag a box around the lesion on the red (axial) view."))
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
-        self.previousButton = qt.QPushButton("Previous")
-        self.previousButton.setToolTip("Show the previous candidate alone.")
-        self.nextButton = qt.QPushButton("Next")
-        self.nextButton.setToolTip("Show the next candidate alone.")
-        self.showAllButton = qt.QPushButton("Show all")
-        self.showAllButton.setToolTip("Show every candidate and the consensus.")
+        self.previousButton = qt.QPushButton(_("Previous"))
+        self.previousButton.setToolTip(_("Show the previous candidate alone."))
+        self.nextButton = qt.QPushButton(_("Next"))
+        self.nextButton.setToolTip(_("Show the next candidate alone."))
+        self.showAllButton = qt.QPushButton(_("Show all"))
+        self.showAllButton.setToolTip(_("Show every candidate and the consensus."))
         self.showAllButton.checkable = True
         browseWidget = qt.QWidget()
         browseLayout = qt.QHBoxLayout(browseWidget)
@@ -107,11 +120,19 @@ uncertainty heatmap appear after a moment.</li>
         self.nextButton.connect("clicked()", lambda: self.showCandidate(self.candidateIndex + 1))
         self.showAllButton.connect("toggled(bool)", self.onShowAllToggled)
 
-        self.applyButton = qt.QPushButton("Apply")
+        self.applyButton = qt.QPushButton(_("Apply"))
         self.applyButton.objectName = self.__class__.__name__ + "Apply"
-        self.applyButton.setToolTip("Write the shown candidate into the selected segment.")
-        self.scriptedEffect.addOptionsWidget(self.applyButton)
+        self.applyButton.setToolTip(_("Write the shown candidate into the selected segment (undoable)."))
         self.applyButton.connect("clicked()", self.onApply)
+        self.discardButton = qt.QPushButton(_("Discard"))
+        self.discardButton.setToolTip(_("Remove the shown candidate set and its heatmap from the scene."))
+        self.discardButton.connect("clicked()", self.onDiscard)
+        actionWidget = qt.QWidget()
+        actionLayout = qt.QHBoxLayout(actionWidget)
+        actionLayout.setContentsMargins(0, 0, 0, 0)
+        actionLayout.addWidget(self.applyButton)
+        actionLayout.addWidget(self.discardButton)
+        self.scriptedEffect.addOptionsWidget(actionWidget)
         self.updateButtons()
 
     def createCursor(self, widget):
@@ -140,15 +161,10 @@ uncertainty heatmap appear after a moment.</li>
         self.showHeatmap()
 
     def deactivate(self):
-        self.cancelRunningTask()
+        """Esc or another effect: only the rubber bands go; a running segmentation finishes into its own nodes."""
         for sliceWidget, rubberBand in self.rubberBands.items():
             self.scriptedEffect.removeActor2D(sliceWidget, rubberBand.actor)
         self.rubberBands = {}
-        self.discardPreview()
-
-    def cleanup(self):
-        self.pollTimer.stop()
-        self.pollTimer.disconnect("timeout()", self.onPollTask)
 
     #
     # Drawing the box
@@ -157,14 +173,19 @@ uncertainty heatmap appear after a moment.</li>
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
-        if eventId == vtk.vtkCommand.KeyPressEvent:
-            return callerInteractor.GetKeySym() == "Escape" and self.onEscape()
         rubberBand = self.rubberBandFor(viewWidget)
         anyModifierKeyPressed = (callerInteractor.GetShiftKey() or callerInteractor.GetControlKey()
                                  or callerInteractor.GetAltKey())
         if eventId == vtk.vtkCommand.LeftButtonPressEvent and not anyModifierKeyPressed:
-            if self.task is not None:
-                self.statusLabel.text = "Still segmenting the previous box; press Esc to cancel it."
+            if self.run is not None or self.startPending:
+                self.statusLabel.text = _("Still segmenting the previous box; wait for it, or Cancel it.")
+                return True
+            sourceVolumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+            if sourceVolumeNode is None:
+                self.statusLabel.text = _("Select a source volume (the CT) first.")
+                return True
+            if not sliceShowsAxialPlane(viewWidget.mrmlSliceNode(), sourceVolumeNode):
+                self.statusLabel.text = NOT_AXIAL_MESSAGE
                 return True
             rubberBand.begin(callerInteractor.GetEventPosition())
         elif eventId == vtk.vtkCommand.MouseMoveEvent and rubberBand.active:
@@ -172,7 +193,11 @@ uncertainty heatmap appear after a moment.</li>
         elif eventId == vtk.vtkCommand.LeftButtonReleaseEvent and rubberBand.active:
             corners = rubberBand.finish(callerInteractor.GetEventPosition())
             if corners:
-                self.run([self.xyToRas(corner, viewWidget) for corner in corners])
+                rasCorners = [self.xyToRas(corner, viewWidget) for corner in corners]
+                # Out of the interactor callback: dialogs and package installs process events, and a second drag
+                # must not start inside them (startPending refuses it).
+                self.startPending = True
+                qt.QTimer.singleShot(0, lambda: self.startRun(rasCorners))
         else:
             return False
         viewWidget.sliceView().scheduleRender()
@@ -185,100 +210,95 @@ uncertainty heatmap appear after a moment.</li>
             self.rubberBands[sliceWidget] = rubberBand
         return self.rubberBands[sliceWidget]
 
-    def onEscape(self):
-        """Esc cancels, in this order: the running segmentation, a box being dragged, the candidates shown."""
-        if self.task is not None:
-            self.cancelRunningTask()
-            return True
-        dragging = [sliceWidget for sliceWidget, band in self.rubberBands.items() if band.active]
-        for sliceWidget in dragging:
-            self.rubberBands[sliceWidget].cancel()
-            sliceWidget.sliceView().scheduleRender()
-        if dragging:
-            return True
-        if self.candidatesNode is not None:
-            self.discardPreview()
-            self.statusLabel.text = "Candidates discarded. Drag a box around the lesion on a slice view."
-            return True
-        return False
-
     #
     # Running the model
     #
 
-    def run(self, rasCorners):
-        """Segment the lesion in the box (its corners in world RAS) on a worker thread; the GUI stays responsive."""
-        sourceVolumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+    def startRun(self, rasCorners):
+        """Install the packages once if needed (one confirmation), then start segmenting the box."""
         try:
-            if not installDependencies(
-                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "Install Python packages")):
-                self.statusLabel.text = "Ambiguous SAM needs its Python packages to run."
+            if self.logic.session.runsLocally and not installDependencies(
+                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, _("Install Python packages"))):
+                self.statusLabel.text = _("Ambiguous SAM needs its Python packages to run.")
                 return
-            prompt = self.logic.preparePrompt(sourceVolumeNode, rasCorners)
+            sourceVolumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+            self.run = SegmentationRun(self.logic, sourceVolumeNode, rasCorners,
+                                       self.scriptedEffect.integerParameter("Samples"),
+                                       self.scriptedEffect.integerParameter("Seed"),
+                                       onSucceeded=self.onRunSucceeded, onFailed=self.onRunFailed,
+                                       onCancelled=self.onRunCancelled)
         except Exception as error:
-            self.showError("Ambiguous SAM could not start.", error)
+            self.showError(*userMessage(error))
             return
-        samples = self.scriptedEffect.integerParameter("Samples")
-        seed = self.scriptedEffect.integerParameter("Seed")
-        self.task = BackgroundTask(lambda progress, cancel: self.logic.segment(prompt, samples, seed, progress, cancel))
-        self.taskVolume = sourceVolumeNode
+        finally:
+            self.startPending = False
         self.progressBar.value = 0
-        self.task.start()
+        self.statusLabel.text = _("Starting...")
         self.pollTimer.start()
         self.updateButtons()
 
-    def cancelRunningTask(self):
-        if self.task is not None:
-            self.task.cancel()
-            self.statusLabel.text = "Cancelling..."
+    def cancelRun(self):
+        if self.run is not None:
+            self.run.cancel()
 
-    def onPollTask(self):
-        fraction, message = self.task.progress
-        self.progressBar.value = int(round(100 * fraction))
-        self.statusLabel.text = message
-        if not self.task.done:
-            return
+    def onPollRun(self):
+        """One short step of the run; while it runs, show its progress (its callbacks report the end)."""
+        self.run.poll()
+        if not self.run.finished:
+            self.progressBar.value = int(round(100 * self.run.progress))
+            self.statusLabel.text = self.run.message
+
+    def endRun(self):
         self.pollTimer.stop()
-        task, volumeNode = self.task, self.taskVolume
-        self.task, self.taskVolume = None, None
-        try:
-            result = task.result()
-            if task.cancelled:
-                raise CancelledError("The segmentation was cancelled; nothing was added to the scene.")
-            outputs = self.logic.createOutputNodes(volumeNode, result)
-        except CancelledError as error:
-            self.progressBar.value = 0
-            self.statusLabel.text = str(error)
-            self.updateButtons()
-            return
-        except Exception as error:
-            self.statusLabel.text = "Ambiguous SAM failed."
-            self.showError("Ambiguous SAM failed.", error)
-            self.updateButtons()
-            return
-        self.discardPreview()
-        self.candidatesNode, self.heatmapNode = outputs
+        self.run = None
+        self.updateButtons()
+
+    def onRunSucceeded(self, candidatesNode, heatmapNode):
+        self.endRun()
+        self.previewSets.append((candidatesNode, heatmapNode))
+        self.candidateIndex = 0
         self.progressBar.value = 100
+        self.showCurrentSet()
+
+    def onRunFailed(self, text, details):
+        self.endRun()
+        self.progressBar.value = 0
+        self.showError(text, details)
+
+    def onRunCancelled(self, text):
+        self.endRun()
+        self.progressBar.value = 0
+        self.statusLabel.text = text
+
+    def showError(self, text, details):
+        self.statusLabel.text = text
+        if details:
+            slicer.util.errorDisplay(text, detailedText=details)
+        else:
+            slicer.util.errorDisplay(text)
+
+    #
+    # Browsing, applying and discarding the candidates
+    #
+
+    def currentSet(self):
+        """The newest candidate set this effect made that is still in the scene, or (None, None)."""
+        self.previewSets = [(candidates, heatmap) for candidates, heatmap in self.previewSets
+                            if candidates.GetScene() is not None]
+        return self.previewSets[-1] if self.previewSets else (None, None)
+
+    def candidateIds(self):
+        candidatesNode, _heatmapNode = self.currentSet()
+        return segmentIdsWithRole(candidatesNode, CANDIDATE_ROLE) if candidatesNode is not None else []
+
+    def showCurrentSet(self):
+        """Show every candidate of the current set and its heatmap."""
         wasBlocked = self.showAllButton.blockSignals(True)
         self.showAllButton.checked = True
         self.showAllButton.blockSignals(wasBlocked)
         self.onShowAllToggled(True)
         self.showHeatmap()
         self.updateButtons()
-
-    def showError(self, message, error):
-        if isinstance(error, AmbiguousSAMError):
-            slicer.util.errorDisplay(f"{message}\n\n{error}")
-        else:
-            slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText="".join(
-                traceback.format_exception(type(error), error, error.__traceback__)))
-
-    #
-    # Browsing and applying the candidates
-    #
-
-    def candidateIds(self):
-        return segmentIdsWithRole(self.candidatesNode, "candidate") if self.candidatesNode is not None else []
 
     def showCandidate(self, index):
         candidateIds = self.candidateIds()
@@ -288,56 +308,81 @@ uncertainty heatmap appear after a moment.</li>
         wasBlocked = self.showAllButton.blockSignals(True)
         self.showAllButton.checked = False
         self.showAllButton.blockSignals(wasBlocked)
-        showCandidates(self.candidatesNode, self.candidateIndex)
-        self.statusLabel.text = (f"Candidate {self.candidateIndex + 1} of {len(candidateIds)}. "
-                                 "Apply writes it into the selected segment.")
+        showCandidates(self.currentSet()[0], self.candidateIndex)
+        self.statusLabel.text = _("Candidate {number} of {count}. Apply writes it into the selected segment.").format(
+            number=self.candidateIndex + 1, count=len(candidateIds))
 
     def onShowAllToggled(self, checked):
-        if not self.candidateIds():
+        candidateIds = self.candidateIds()
+        if not candidateIds:
             return
         if checked:
-            showCandidates(self.candidatesNode, None)
-            self.statusLabel.text = (f"All {len(self.candidateIds())} candidates and their consensus. Apply writes "
-                                     f"candidate {self.candidateIndex + 1} into the selected segment.")
+            showCandidates(self.currentSet()[0], None)
+            self.statusLabel.text = _("All {count} candidates and their consensus. Apply writes candidate {number} "
+                                      "into the selected segment.").format(count=len(candidateIds),
+                                                                            number=self.candidateIndex + 1)
         else:
             self.showCandidate(self.candidateIndex)
 
     def showHeatmap(self):
-        if self.heatmapNode is None:
+        _candidatesNode, heatmapNode = self.currentSet()
+        if heatmapNode is None or heatmapNode.GetScene() is None:
             return
         if self.showUncertaintyCheckBox.checked:
-            overlayUncertainty(None, self.heatmapNode, HEATMAP_OPACITY)
+            overlayUncertainty(None, heatmapNode, HEATMAP_OPACITY)
         else:
             slicer.util.setSliceViewerLayers(foreground=None)
 
     def onApply(self):
-        """Write the shown candidate into the selected segment, undoably, then drop the preview."""
+        """Write the shown candidate into the selected segment through the editor's modifier labelmap, undoably."""
         candidateIds = self.candidateIds()
         if not candidateIds:
             return
-        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():
+            return
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        segmentId = parameterSetNode.GetSelectedSegmentID()
         try:
-            labelmap = candidateLabelmap(self.candidatesNode, candidateIds[self.candidateIndex], segmentationNode)
+            labelmap = candidateModifierLabelmap(self.currentSet()[0], candidateIds[self.candidateIndex],
+                                                 segmentationNode, self.scriptedEffect.defaultModifierLabelmap())
         except Exception as error:
-            self.showError("Could not apply the candidate.", error)
+            self.showError(*userMessage(error))
             return
         self.scriptedEffect.saveStateForUndo()
         self.scriptedEffect.modifySelectedSegmentByLabelmap(
             labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
-        self.discardPreview()
-        self.statusLabel.text = "Candidate applied. Drag another box, or Undo to revert."
+        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        if segmentHasVoxels(segmentationNode, segmentId):
+            self.statusLabel.text = _("Candidate {number} applied to '{segment}'. Undo reverts it.").format(
+                number=self.candidateIndex + 1, segment=segmentName)
+        else:
+            self.statusLabel.text = _("Nothing was written into '{segment}': the masking settings (editable area, "
+                                      "editable intensity range) exclude the whole candidate. Undo restores the "
+                                      "segment.").format(segment=segmentName)
 
-    def discardPreview(self):
-        if self.heatmapNode is not None:
+    def onDiscard(self):
+        """Remove the shown candidate set and its heatmap; the previous set, if any, is shown again."""
+        candidatesNode, heatmapNode = self.currentSet()
+        if candidatesNode is None:
+            return
+        if heatmapNode is not None and heatmapNode.GetScene() is not None:
             slicer.util.setSliceViewerLayers(foreground=None)
-        removeOutputNodes([node for node in (self.candidatesNode, self.heatmapNode) if node is not None])
-        self.candidatesNode, self.heatmapNode, self.candidateIndex = None, None, 0
-        self.updateButtons()
+        removeOutputNodes([node for node in (candidatesNode, heatmapNode) if node is not None])
+        self.candidateIndex = 0
+        if self.candidateIds():
+            self.showCurrentSet()
+        else:
+            self.statusLabel.text = _("Candidates discarded. Drag a box around the lesion on the red (axial) view.")
+            self.updateButtons()
 
     def updateButtons(self):
         haveCandidates = bool(self.candidateIds())
-        for button in (self.previousButton, self.nextButton, self.showAllButton, self.applyButton):
-            button.enabled = haveCandidates and self.task is None
+        idle = self.run is None
+        for button in (self.previousButton, self.nextButton, self.showAllButton, self.applyButton,
+                       self.discardButton):
+            button.enabled = haveCandidates and idle
+        self.cancelButton.enabled = not idle
 
 
 class RubberBand:
