@@ -149,12 +149,45 @@ def test_batch_skips_a_failing_case_and_finishes_the_others(oblique_ct, tmp_path
                     f"{path},ok,28,36,52,60,6,2\n"
                     f"{tmp_path / 'missing.nrrd'},bad,28,36,52,60,6,2\n"
                     f"{path},taken,28,36,52,60,6,2\n")
-    with pytest.raises(SystemExit, match="2 of 3 cases failed"):
-        main(["segment", "--batch", str(jobs)])
+    assert main(["segment", "--batch", str(jobs)]) == 2
     assert (tmp_path / "ok" / "candidates.seg.nrrd").is_file() and not (tmp_path / "bad").exists()
     assert (tmp_path / "taken").read_text() == "a file where a row wants its output folder"
     err = capsys.readouterr().err
-    assert "missing.nrrd: skipped" in err and f"The output {tmp_path / 'taken'} is a file" in err
+    assert f"line 3: skipped: the input {tmp_path / 'missing.nrrd'} does not exist" in err
+    assert f"The output {tmp_path / 'taken'} is a file" in err and "2 of 3 cases failed or were refused" in err
+
+
+#: Bad batch rows (after a good one on line 2) and the reason each must be reported with.
+BAD_ROWS = [
+    ("{ct},a,abc,36,52,60,6", "'i0' is 'abc', not a number"),
+    ("{ct},b,28,36,52,60", "the row has no value for slice"),
+    ("{ct},c,28,36,52,60,6.5", "'slice' is '6.5', not an integer"),
+    ("{ct},d,28,36,52,60,6,0", "The number of samples must be from 1 to 256; got 0"),
+    ("{ct},e,28,36,52,60,6,4,-3", "The seed must be a whole number"),
+    ("{ct},f,28,nan,52,60,6", "'j0' is 'nan', not a finite number"),
+    ("{ct},g,28,36,52,60,6,4,0,extra", "the row has more cells than the header"),
+    ("{ct},ok,28,36,52,60,6", "already written by line 2"),
+    ("{missing},h,28,36,52,60,6", "the input {missing} does not exist"),
+]
+
+
+def test_bad_batch_rows_are_reported_with_their_lines_and_the_good_row_still_runs(oblique_ct, tmp_path,
+                                                                                  capsys) -> None:
+    """Issue 11: one bad row stopped the whole batch with a traceback and the good rows after it never ran."""
+    path, _ = oblique_ct
+    names = {"ct": path, "missing": tmp_path / "missing.nrrd"}
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("input,out,i0,j0,i1,j1,slice,samples,seed\n" f"{path},ok,28,36,52,60,6,2,0\n"
+                    + "".join(row.format(**names) + "\n" for row, _ in BAD_ROWS))
+    assert main(["segment", "--batch", str(jobs), "--samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    reported = {int(text.split(", line ")[1].split(":")[0]): text for text in err.splitlines() if ", line " in text}
+    for line, (_, reason) in enumerate(BAD_ROWS, start=3):
+        assert reason.format(**names) in reported[line] and reported[line].startswith(f"{jobs}, line {line}: skipped")
+    assert f"{len(BAD_ROWS)} of {len(BAD_ROWS) + 1} cases failed or were refused" in err
+    assert (tmp_path / "ok" / "candidates.seg.nrrd").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.csv", "ok"], "nothing written for the bad rows"
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -169,11 +202,7 @@ def segment_in_fresh_process(args: list[str]) -> tuple[int, str, bool]:
     code = "\n".join([
         "import sys",
         "from AmbiguousSAMLib.cli import main",
-        "try:",
-        "    code = main(sys.argv[1:])",
-        "except SystemExit as stop:  # a batch's summary: exit status 1 with the message, as the console script",
-        "    print(stop, file=sys.stderr)",
-        "    code = 1",
+        "code = main(sys.argv[1:])",
         "print('segmenter imported' if 'AmbiguousSAMLib.segmenter' in sys.modules else 'no segmenter', file=sys.stderr)",
         "sys.exit(code)",
     ])
@@ -274,7 +303,7 @@ def test_a_batch_whose_every_output_is_refused_loads_no_model(oblique_ct, tmp_pa
     jobs = tmp_path / "jobs.csv"
     jobs.write_text(f"input,out,i0,j0,i1,j1,slice\n{path},taken,28,36,52,60,6\n{path},.,28,36,52,60,6\n")
     code, err, model_loaded = segment_in_fresh_process(["--batch", str(jobs)])
-    assert code == 1 and not model_loaded
+    assert code == 2 and not model_loaded
     assert "All 2 cases were refused" in err and "is a file" in err and "did not write (jobs.csv, taken)" in err
 
 

@@ -32,10 +32,7 @@ def load_crops(path: str | Path, rows: np.ndarray | None = None) -> CropSet:
     path = Path(path)
     if not path.is_file():
         raise InvalidImageError(f"No crop file at {path}. Point --data at an npz with 'images' and 'masks'.")
-    with np.load(path) as data:
-        missing = {"images", "masks"} - set(data.files)
-        if missing:
-            raise InvalidImageError(f"{path} lacks the key(s) {sorted(missing)}; see shared/data/README.md.")
+    with open_crop_file(path) as data:
         images, masks = data["images"], data["masks"]
         patient = data["patient"] if "patient" in data.files else np.array(["?"] * len(images))
     if images.ndim != 3 or masks.ndim != 4 or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[1:]:
@@ -44,6 +41,26 @@ def load_crops(path: str | Path, rows: np.ndarray | None = None) -> CropSet:
         )
     index = np.arange(len(images)) if rows is None else np.asarray(rows)
     return CropSet(images[index], masks[index].astype(bool), patient[index], index)
+
+
+def open_crop_file(path: str | Path) -> np.lib.npyio.NpzFile:
+    """Open a crop file for reading, refusing what is not one (a missing file, not an npz, keys missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidImageError(f"No crop file at {path}. Point --data at an npz with 'images' and 'masks'.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as error:  # numpy raises ValueError, OSError, BadZipFile... for files that are not npz
+        raise InvalidImageError(f"{path} is not an npz file ({type(error).__name__}); --data takes an npz with "
+                                "'images' and 'masks' (see shared/data/README.md).") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InvalidImageError(f"{path} holds one array, not an npz with 'images' and 'masks'.")
+    missing = {"images", "masks"} - set(data.files)
+    if missing:
+        data.close()
+        raise InvalidImageError(f"{path} lacks the key(s) {sorted(missing)}; an npz with 'images' (N, H, W) and "
+                                "'masks' (N, R, H, W) is expected (see shared/data/README.md).")
+    return data
 
 
 def rows_with_raters(masks: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ else CPU, unless the user says otherwise. bf16 autocast is opt-in because it cha
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -21,13 +22,34 @@ def resolve_device(requested: str | torch.device | None = None) -> torch.device:
     """Return the device to run on: `None`/"auto" picks CUDA when available, else CPU."""
     if requested is None or str(requested) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as error:
+        raise AmbiguousSAMError(
+            f"Unknown device '{requested}'. Choose auto, cpu, cuda or cuda:N (the N-th GPU)."
+        ) from error
+    if device.type not in ("cpu", "cuda"):
+        raise AmbiguousSAMError(f"Device '{requested}' is not supported. Choose auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AmbiguousSAMError(
             f"Device '{requested}' was requested but this PyTorch build sees no CUDA GPU. "
             "Use device='cpu' or 'auto', or install a CUDA build of PyTorch."
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise AmbiguousSAMError(
+            f"Device '{requested}' does not exist: PyTorch sees {torch.cuda.device_count()} GPU(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+        )
     return device
+
+
+def check_threads(threads: int) -> int:
+    """CPU threads for torch: 0 keeps torch's default, otherwise 1 to this machine's core count."""
+    cores = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= cores:
+        raise AmbiguousSAMError(f"--threads must be 0 (PyTorch's default) or 1 to {cores} (this machine's cores); "
+                                f"got {threads!r}.")
+    return threads
 
 
 def check_precision(precision: str) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .crops import load_crops, rows_with_raters
+from .crops import load_crops, open_crop_file, rows_with_raters
+from .errors import InvalidImageError, InvalidSettingError
 from .heads.sampler import Sampler
 from .predictor import Predictor
 from .preprocessing import ModelFrame
@@ -38,7 +39,11 @@ class MethodResult:
 
 def evaluation_rows(masks: np.ndarray, limit: int | None) -> np.ndarray:
     """Rows a box can be drawn on; with `limit`, an evenly spaced subset (every ceil(n/limit)-th row)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidSettingError(f"--limit must be a whole number of slices, at least 1; got {limit!r}.")
     rows = rows_with_raters(masks)
+    if not len(rows):
+        raise InvalidImageError("No slice of the crop file has a rater's mark, so no box can be drawn; check 'masks'.")
     if limit is not None and limit < len(rows):
         rows = rows[:: math.ceil(len(rows) / limit)][:limit]
     return rows
@@ -48,7 +53,7 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
              limit: int | None = None, cache: str | Path | None = None, keep_samples: bool = False,
              progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[MethodResult]]:
     """Run every sampler on every protocol slice of `data`; return the rows used and one result per method."""
-    with np.load(data) as file:
+    with open_crop_file(data) as file:
         rows = evaluation_rows(file["masks"], limit)
     crops = load_crops(data, rows)
     embeddings = None

@@ -8,11 +8,13 @@ CSV columns: `input,out,i0,j0,i1,j1,slice` (voxel box on axial slice `slice`), o
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import AmbiguousSAMError
+from .limits import check_samples, check_seed
 from .outputs import check_output_folder, write_outputs
 from .volume_io import physical_box_to_ijk, read_volume
 
@@ -35,22 +37,70 @@ class SegmentJob:
     seed: int = 0
 
 
-def read_jobs(path: str | Path, samples: int, seed: int) -> list[SegmentJob]:
+def read_jobs(path: str | Path, samples: int, seed: int) -> tuple[list[SegmentJob], list[tuple[int, str]]]:
+    """The CSV's jobs, each row checked before any model work: (good jobs, [(line number, reason)] of bad rows).
+
+    A bad row (a word where a number belongs, a short row, samples 0, an input that does not exist, an output
+    folder another row already writes) is reported with its line and skipped; the good rows still run.
+    """
     path = Path(path)
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise AmbiguousSAMError(f"{path} lacks the column(s) {missing}; expected {', '.join(REQUIRED_COLUMNS)}.")
-        base = path.parent
-        jobs = [SegmentJob(input=base / row["input"], out=base / row["out"],
-                           box_ijk=tuple(float(row[c]) for c in ("i0", "j0", "i1", "j1")),  # type: ignore[arg-type]
-                           slice_k=int(row["slice"]), samples=int(row.get("samples") or samples),
-                           seed=int(row.get("seed") or seed)) for row in reader]
-    if not jobs:
+    if not path.is_file():
+        raise AmbiguousSAMError(f"The batch file {path} does not exist; give a CSV with the columns "
+                                f"{', '.join(REQUIRED_COLUMNS)}[,samples,seed].")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise AmbiguousSAMError(f"{path} lacks the column(s) {missing}; its first line must name the "
+                                        f"columns {', '.join(REQUIRED_COLUMNS)}[,samples,seed].")
+            rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise AmbiguousSAMError(f"{path} is not a readable CSV file ({error}); save it as UTF-8 text.") from error
+    if not rows:
         raise AmbiguousSAMError(f"{path} lists no jobs; add one row per lesion under the header "
                                 f"({', '.join(REQUIRED_COLUMNS)}).")
-    return jobs
+    jobs, bad, outputs = [], [], {}
+    for line, row in rows:
+        try:
+            job = job_from_row(row, path.parent, samples, seed)
+            if job.out.resolve() in outputs:
+                raise AmbiguousSAMError(f"its output folder {job.out} is already written by line "
+                                        f"{outputs[job.out.resolve()]}; give each lesion its own 'out'.")
+            outputs[job.out.resolve()] = line
+            jobs.append(job)
+        except AmbiguousSAMError as error:
+            bad.append((line, str(error)))
+    return jobs, bad
+
+
+def job_from_row(row: dict, base: Path, samples: int, seed: int) -> SegmentJob:
+    """One CSV row as a job, or AmbiguousSAMError saying which cell is wrong and what it must hold."""
+    if None in row or any(row.get(column) in (None, "") for column in REQUIRED_COLUMNS):
+        empty = [column for column in REQUIRED_COLUMNS if row.get(column) in (None, "")]
+        raise AmbiguousSAMError(f"the row has no value for {', '.join(empty)}" if empty else
+                                "the row has more cells than the header has columns")
+
+    def number(column: str, kind: type, default: int | None = None):
+        text = (row.get(column) or "").strip()
+        if not text and default is not None:
+            return default
+        try:
+            value = kind(text)
+        except ValueError:
+            raise AmbiguousSAMError(f"'{column}' is {text!r}, not a{'n integer' if kind is int else ' number'}") \
+                from None
+        if kind is float and not math.isfinite(value):
+            raise AmbiguousSAMError(f"'{column}' is {text!r}, not a finite number")
+        return value
+
+    box = tuple(number(column, float) for column in ("i0", "j0", "i1", "j1"))
+    job = SegmentJob(input=base / row["input"].strip(), out=base / row["out"].strip(), box_ijk=box,  # type: ignore[arg-type]
+                     slice_k=number("slice", int), samples=check_samples(number("samples", int, samples)),
+                     seed=check_seed(number("seed", int, seed)))
+    if not job.input.exists():
+        raise AmbiguousSAMError(f"the input {job.input} does not exist")
+    return job
 
 
 def check_outputs(jobs: list[SegmentJob], overwrite: bool = False

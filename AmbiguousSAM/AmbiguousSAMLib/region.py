@@ -114,9 +114,14 @@ def validate_volume(volume: np.ndarray, allow_non_ct: bool = False) -> np.ndarra
 def validate_volume_box(box_ijk: tuple[float, float, float, float], slice_k: int,
                         shape: tuple[int, int, int]) -> tuple[float, float, float, float]:
     """Check a box (i0, j0, i1, j1) on slice `slice_k` of a volume of `shape` and clip it to the slice."""
-    box = np.asarray(box_ijk, dtype=np.float64).reshape(-1)
+    try:
+        box = np.asarray(box_ijk, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        box = np.array([np.nan])
     if box.shape != (4,) or not np.isfinite(box).all():
-        raise InvalidBoxError(f"A box is four finite numbers (i0, j0, i1, j1); got {list(np.ravel(box_ijk))}.")
+        shown = ", ".join(f"{value:g}" for value in box.tolist()) if box.shape != (1,) or np.isfinite(box).all() \
+            else repr(box_ijk)
+        raise InvalidBoxError(f"A box is four finite numbers (i0, j0, i1, j1); got ({shown}).")
     nk, nj, ni = shape
     if not 0 <= int(slice_k) < nk:
         raise InvalidBoxError(f"Slice {slice_k} is outside the volume's {nk} slices (0..{nk - 1}).")

@@ -41,6 +41,13 @@ def read_volume(path: str | Path) -> Volume:
             series = reader.GetGDCMSeriesIDs(str(path))
             if not series:
                 raise InvalidImageError(f"{path} holds no DICOM series. Point to the folder of one CT series.")
+            if len(series) > 1:
+                listed = ", ".join(f"{uid} ({len(reader.GetGDCMSeriesFileNames(str(path), uid))} files)"
+                                   for uid in series)
+                raise InvalidImageError(
+                    f"{path} holds {len(series)} DICOM series ({listed}); AmbiguousSAM will not guess which one "
+                    "is meant. Copy the CT series you want into a folder of its own and point to that folder."
+                )
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         elif not path.is_file():
