@@ -254,3 +254,27 @@ def test_a_dicom_folder_with_two_series_is_not_guessed(tmp_path) -> None:
     with pytest.raises(InvalidImageError, match="holds 2 DICOM series .*3 files.*folder of its own"):
         read_volume(tmp_path)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+#
+# The MRML logic (slicer-core): refused before any model work, and the scene unchanged.
+#
+
+
+def test_a_non_ct_volume_in_slicer_is_refused_with_a_fix_slicer_accepts(mrml_scene, segmenter) -> None:
+    """Issue 11: the refusal told Slicer users to pass allow_non_ct=True, which logic.process did not accept."""
+    import slicer
+
+    from AmbiguousSAMLogic import AmbiguousSAMLogic
+    from AmbiguousSAMLogic.rollback import nodeIds
+
+    volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR-like")
+    volume.SetSpacing(*SPACING)
+    slicer.util.updateVolumeFromArray(volume, (lung_ct().astype(np.int32) + 1000))
+    corners = np.array([[50.0 * 0.7, 50.0 * 0.7, 25.0], [78.0 * 0.7, 78.0 * 0.7, 25.0]])  # IJK box (50..78) on k 10
+    logic, before = AmbiguousSAMLogic(), nodeIds(mrml_scene)
+    with pytest.raises(InvalidImageError, match="allowNonCt=True in Slicer's AmbiguousSAMLogic\\(\\).process"):
+        logic.process(volume, corners, samples=2, segmenter=segmenter)
+    assert nodeIds(mrml_scene) == before
+    segmentation, heatmap = logic.process(volume, corners, samples=2, segmenter=segmenter, allowNonCt=True)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 3 and heatmap is not None

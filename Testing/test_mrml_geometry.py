@@ -133,9 +133,13 @@ def test_roi_outside_the_volume_is_refused(mrml_scene, oblique_volume, oblique_i
         promptBoxFromWorldPoints(oblique_volume, roiCornersWorld(roi))
 
 
-def test_unplaced_roi_is_refused(mrml_scene):
+@pytest.mark.parametrize("placed", [False, True])
+def test_unplaced_or_zero_size_roi_is_refused(mrml_scene, placed):
     roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Empty ROI")
-    with pytest.raises(InvalidBoxError, match="has not been placed"):
+    if placed:  # issue 11: a placed ROI of zero size was reported as "not placed" only
+        roi.SetCenter(1.0, 2.0, 3.0)
+        roi.SetSize(0.0, 0.0, 0.0)
+    with pytest.raises(InvalidBoxError, match="has no extent yet \\(not placed, or of zero size\\).*drag its handles"):
         roiCornersWorld(roi)
 
 

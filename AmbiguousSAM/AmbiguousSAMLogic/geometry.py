@@ -99,7 +99,9 @@ def worldToIjk(volumeNode: slicer.vtkMRMLVolumeNode, pointsRas: np.ndarray) -> n
 def roiCornersWorld(roiNode: slicer.vtkMRMLMarkupsROINode) -> np.ndarray:
     """The 8 corners of an ROI box in world RAS, honouring its rotation and any parent transform."""
     if roiNode.GetNumberOfControlPoints() == 0:
-        raise InvalidBoxError(f"The ROI '{roiNode.GetName()}' has not been placed yet; place it around the lesion.")
+        # An ROI gets its control points once it has an extent: a placed ROI of zero size has none either.
+        raise InvalidBoxError(f"The ROI '{roiNode.GetName()}' has no extent yet (not placed, or of zero size); "
+                              "place it on the lesion and drag its handles so that it covers the whole lesion.")
     bounds = [0.0] * 6
     roiNode.GetObjectBounds(bounds)
     corners = np.array([[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]])

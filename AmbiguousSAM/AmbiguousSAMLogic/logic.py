@@ -65,7 +65,8 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
         self.session = session if session is not None else sharedSession()
 
     def preparePrompt(self, volumeNode: slicer.vtkMRMLScalarVolumeNode,
-                      roiNodeOrBox: slicer.vtkMRMLMarkupsROINode | np.ndarray) -> LesionRegion:
+                      roiNodeOrBox: slicer.vtkMRMLMarkupsROINode | np.ndarray,
+                      allowNonCt: bool = False) -> LesionRegion:
         """The lesion region for an ROI, or (N, 3) world RAS corner points: the box on one axial slice and a copy
         of the voxels the model may read for it (validated: a bad box or volume raises here, before any model)."""
         checkScalarVolume(volumeNode)
@@ -85,7 +86,7 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
         promptBox = promptBoxFromWorldPoints(volumeNode, corners)
         # A view of the voxels, not a copy of the whole CT: lesion_region copies only the block the model reads.
         return lesion_region(slicer.util.arrayFromVolume(volumeNode), promptBox.box, promptBox.sliceK,
-                             volumeSpacing(volumeNode))
+                             volumeSpacing(volumeNode), allow_non_ct=allowNonCt)
 
     def segment(self, region: LesionRegion, samples: int = 16, seed: int = 0,
                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
@@ -109,14 +110,17 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
     def process(self, volumeNode: slicer.vtkMRMLScalarVolumeNode,
                 roiNodeOrBox: slicer.vtkMRMLMarkupsROINode | np.ndarray, samples: int = 16, seed: int = 0,
                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-                segmenter: LesionSegmenter | None = None
+                segmenter: LesionSegmenter | None = None, allowNonCt: bool = False
                 ) -> tuple[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLScalarVolumeNode]:
         """Segment the lesion in the ROI and return (segmentation node, heatmap node), both new.
+
+        `allowNonCt` segments volumes that are not CT in Hounsfield units (refused otherwise: the head was
+        trained on chest CT).
 
         Raises the core's AmbiguousSAMError subclasses (InvalidBoxError, InvalidImageError, CancelledError,
         ServerError, ...) with a message the user can act on; the scene is unchanged when it raises.
         """
-        region = self.preparePrompt(volumeNode, roiNodeOrBox)
+        region = self.preparePrompt(volumeNode, roiNodeOrBox, allowNonCt)
         result = self.segment(region, samples, seed, progress, cancel, segmenter)
         raiseIfCancelled(cancel)  # Cancel pressed as the model finished: honour it and add nothing.
         return self.createOutputNodes(volumeNode, result)
