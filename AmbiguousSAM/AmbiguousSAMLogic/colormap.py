@@ -30,6 +30,9 @@ INFERNO_STOPS = (
 def uncertaintyColorNode(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLProceduralColorNode:
     """The scene's uncertainty colour node, created on first use and shared by every heatmap after that."""
     existing = scene.GetNodesByClass("vtkMRMLProceduralColorNode")
+    # GetNodesByClass hands over a new collection the caller must release, as slicer.util.getNodesByClass does
+    # (Base/Python/slicer/util.py); that helper is not used because it reads slicer.mrmlScene, not `scene`.
+    existing.UnRegister(None)
     for index in range(existing.GetNumberOfItems()):
         node = existing.GetItemAsObject(index)
         if node.GetAttribute(COLOR_NODE_ATTRIBUTE) == "uncertainty":

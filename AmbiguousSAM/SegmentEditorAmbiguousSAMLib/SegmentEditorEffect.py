@@ -93,12 +93,7 @@ left; the Ambiguous SAM module browses them too.</li>
         self.cancelButton = qt.QPushButton(_("Cancel"))
         self.cancelButton.setToolTip(_("Stop the running segmentation; nothing is added to the scene."))
         self.cancelButton.connect("clicked()", self.cancelRun)
-        progressWidget = qt.QWidget()
-        progressLayout = qt.QHBoxLayout(progressWidget)
-        progressLayout.setContentsMargins(0, 0, 0, 0)
-        progressLayout.addWidget(self.progressBar)
-        progressLayout.addWidget(self.cancelButton)
-        self.scriptedEffect.addOptionsWidget(progressWidget)
+        self.addOptionsRow(self.progressBar, self.cancelButton)
         self.statusLabel = qt.QLabel(_("Drag a box around the lesion on the red (axial) view."))
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
@@ -110,12 +105,7 @@ left; the Ambiguous SAM module browses them too.</li>
         self.showAllButton = qt.QPushButton(_("Show all"))
         self.showAllButton.setToolTip(_("Show every candidate and the consensus."))
         self.showAllButton.checkable = True
-        browseWidget = qt.QWidget()
-        browseLayout = qt.QHBoxLayout(browseWidget)
-        browseLayout.setContentsMargins(0, 0, 0, 0)
-        for button in (self.previousButton, self.nextButton, self.showAllButton):
-            browseLayout.addWidget(button)
-        self.scriptedEffect.addOptionsWidget(browseWidget)
+        self.addOptionsRow(self.previousButton, self.nextButton, self.showAllButton)
         self.previousButton.connect("clicked()", lambda: self.showCandidate(self.candidateIndex - 1))
         self.nextButton.connect("clicked()", lambda: self.showCandidate(self.candidateIndex + 1))
         self.showAllButton.connect("toggled(bool)", self.onShowAllToggled)
@@ -127,13 +117,17 @@ left; the Ambiguous SAM module browses them too.</li>
         self.discardButton = qt.QPushButton(_("Discard"))
         self.discardButton.setToolTip(_("Remove the shown candidate set and its heatmap from the scene."))
         self.discardButton.connect("clicked()", self.onDiscard)
-        actionWidget = qt.QWidget()
-        actionLayout = qt.QHBoxLayout(actionWidget)
-        actionLayout.setContentsMargins(0, 0, 0, 0)
-        actionLayout.addWidget(self.applyButton)
-        actionLayout.addWidget(self.discardButton)
-        self.scriptedEffect.addOptionsWidget(actionWidget)
+        self.addOptionsRow(self.applyButton, self.discardButton)
         self.updateButtons()
+
+    def addOptionsRow(self, *widgets):
+        """Widgets side by side as one row of the effect's options."""
+        row = qt.QWidget()
+        layout = qt.QHBoxLayout(row)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for widget in widgets:
+            layout.addWidget(widget)
+        self.scriptedEffect.addOptionsWidget(row)
 
     def createCursor(self, widget):
         # A box is dragged with the standard arrow cursor
