@@ -67,16 +67,6 @@ def checkScalarVolume(volumeNode: slicer.vtkMRMLNode | None) -> None:
         )
 
 
-def volumeArray(volumeNode: slicer.vtkMRMLScalarVolumeNode) -> np.ndarray:
-    """A copy of the volume's voxels as a (k, j, i) array.
-
-    A copy, because the core may read it on a worker thread while the user keeps working in the scene: a view
-    into VTK's memory would dangle if the volume were modified or deleted meanwhile.
-    """
-    checkScalarVolume(volumeNode)
-    return np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
-
-
 def volumeSpacing(volumeNode: slicer.vtkMRMLVolumeNode) -> tuple[float, float, float]:
     """Voxel size (si, sj, sk) in mm along the volume's i, j, k axes."""
     return tuple(float(s) for s in volumeNode.GetSpacing())  # type: ignore[return-value]
