@@ -154,6 +154,15 @@ left; the Ambiguous SAM module browses them too.</li>
         self.scriptedEffect.setParameter("ShowUncertainty", 1 if self.showUncertaintyCheckBox.checked else 0)
         self.showHeatmap()
 
+    def activate(self):
+        """The model settings live in the Ambiguous SAM module's parameter node, and its widget hands them to the
+        shared session when it is set up: creating it here (once, not shown) makes the effect use them also when
+        the user came straight to the Segment Editor (widgetRepresentation() creates a module's widget on demand, as
+        Slicer's own tests use it, e.g. Applications/SlicerApp/Testing/Python/ScriptedModuleDiscoveryTest.py)."""
+        module = getattr(slicer.modules, "ambiguoussam", None)
+        if module is not None:
+            module.widgetRepresentation()
+
     def deactivate(self):
         """Esc or another effect: only the rubber bands go; a running segmentation finishes into its own nodes."""
         for sliceWidget, rubberBand in self.rubberBands.items():
