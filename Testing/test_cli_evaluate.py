@@ -27,7 +27,8 @@ def evaluated(tmp_path_factory):
         pytest.skip(f"LIDC crops are not at {VAL} (shared data absent in this checkout)")
     out = tmp_path_factory.mktemp("evaluate")
     argv = ["evaluate", "--data", str(VAL), "--samples", "4", "--limit", "3", "--seed", "0", "--precision", "bf16",
-            "--cache", str(out / "cache"), "--json", str(out / "val.json"), "--save-samples", str(out / "samples.npz")]
+            "--cache", str(out / "cache"), "--json", str(out / "val.json"), "--save-samples", str(out / "samples.npz"),
+            "--reliability", str(out / "reliability.png")]
     assert main(argv) == 0
     return out
 
@@ -38,6 +39,35 @@ def test_every_method_is_scored_on_the_same_slices(evaluated) -> None:
     for scores in summary["methods"].values():
         assert 0 <= scores["ged"] <= 2 and 0 <= scores["hm_iou"] <= 1 and scores["slices"] == 3
     assert summary["table"].count("\n") == 1 + len(METHODS)
+
+
+
+def test_scores_by_rater_count_and_the_reliability_diagram(evaluated) -> None:
+    """Issue 12: GED and the share of non-empty samples by how many raters marked the slice; issue 12's
+    reliability diagram, drawn from the same bins as the ECE."""
+    summary = json.loads((evaluated / "val.json").read_text())
+    with np.load(VAL) as data:
+        masks = data["masks"][evaluation_rows(data["masks"], 3)]
+    marked = masks.reshape(3, 4, -1).any(axis=2).sum(axis=1)
+    saved = np.load(evaluated / "samples.npz")
+    for name, key in ((METHODS[0], "samples"), ("deterministic", "samples_deterministic")):
+        table = summary["methods"][name]["by_raters_marked"]
+        assert sum(entry["slices"] for entry in table.values()) == 3
+        for count, entry in table.items():
+            rows = marked == int(count)
+            share = saved[key][rows].reshape(rows.sum(), 4, -1).any(axis=2).mean()
+            assert entry["nonempty_share"] == pytest.approx(share) and entry["slices"] == rows.sum()
+    assert summary["by_raters_marked"].count("\n") == 2 + len(METHODS)
+    assert (evaluated / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_methods_runs_only_the_rows_asked_for(evaluated, capsys) -> None:
+    argv = ["evaluate", "--data", str(VAL), "--samples", "2", "--limit", "3", "--precision", "bf16",
+            "--cache", str(evaluated / "cache"), "--json", str(evaluated / "one.json"), "--methods", "deterministic"]
+    assert main(argv) == 0
+    assert list(json.loads((evaluated / "one.json").read_text())["methods"]) == ["deterministic"]
+    assert main(argv[:-1] + ["heads", "mc-dropout"]) == 2
+    assert "Unknown method(s) mc-dropout for --methods; choose from heads, deterministic" in capsys.readouterr().err
 
 
 def test_saved_samples_rescore_to_the_reported_numbers(evaluated) -> None:

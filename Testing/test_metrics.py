@@ -319,3 +319,15 @@ def test_raters_scored_as_their_own_samples_on_lidc_val():
         # Four copies of each rater: > 8 of 16 samples is >= 3 of 4 raters, the raters' own majority.
         assert scores["majority_dice"] == 1.0
         assert 0.0 <= scores["d_avg"] <= 1.0
+
+
+def test_the_reliability_curve_is_the_binned_means_behind_the_ece() -> None:
+    accumulator = metrics.CalibrationAccumulator(bins=4)
+    accumulator.add(np.array([0.1, 0.2, 0.9, 0.95]), np.array([0.0, 0.25, 1.0, 0.5]))
+    predicted, observed, share = accumulator.curve()
+    np.testing.assert_allclose(predicted, [0.15, 0.925])  # bins [0, .25) and [.75, 1]; the middle two are empty
+    np.testing.assert_allclose(observed, [0.125, 0.75])
+    np.testing.assert_allclose(share, [0.5, 0.5])
+    assert accumulator.value() == pytest.approx(0.5 * abs(0.15 - 0.125) + 0.5 * abs(0.925 - 0.75))
+    with pytest.raises(ValueError, match="no reliability curve"):
+        metrics.CalibrationAccumulator().curve()

@@ -49,29 +49,42 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import evaluate, format_table, save_samples
-    from .heads.baselines import BoxJitter, Deterministic, MCDropout, Multimask
+    from .evaluation import by_rater_count, evaluate, format_rater_table, format_table, save_samples
+    from .heads.baselines import BASELINES
     from .heads.checkpoint import DEFAULT_HEAD, load_head
     from .predictor import Predictor
 
+    known = ("heads", *(baseline.name for baseline in BASELINES))
+    methods = args.methods or list(known)
+    unknown = [name for name in methods if name not in known]
+    if unknown:
+        raise AmbiguousSAMError(f"Unknown method(s) {', '.join(unknown)} for --methods; choose from "
+                                f"{', '.join(known)} ('heads' are the --head files).")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision)
     backbone = predictor.backbone
-    heads = [load_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])]
-    samplers = [*heads, Deterministic(backbone), BoxJitter(backbone), Multimask(backbone), MCDropout(backbone)]
+    heads = [load_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])] \
+        if "heads" in methods else []
+    samplers = [*heads, *(baseline(backbone) for baseline in BASELINES if baseline.name in methods)]
     index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
                               limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,
                               progress=_progress("evaluate"))
-    table = format_table(results, args.samples)
-    print(table)
+    table, by_raters = format_table(results, args.samples), format_rater_table(results)
+    print(table, by_raters, sep="\n\n")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "data": str(args.data), "samples": args.samples, "seed": args.seed, "slices": int(len(index)),
             "backbone": backbone.spec.name, "precision": args.precision,
-            "methods": {r.name: r.summary() for r in results}, "table": table}, indent=2))
+            "methods": {r.name: {**r.summary(), "by_raters_marked": by_rater_count(r)} for r in results},
+            "table": table, "by_raters_marked": by_raters}, indent=2))
     if args.save_samples:
         save_samples(args.save_samples, index, results)
+    if args.reliability:
+        from .reliability import save_reliability_diagram
+
+        save_reliability_diagram(args.reliability, results, f"{Path(args.data).name}: {len(index)} slices, "
+                                                            f"{args.samples} samples, seed {args.seed}")
 
 
 def _tune_sampling(args: argparse.Namespace) -> None:
@@ -251,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache", help="embedding cache folder (reused across runs)")
     evaluate.add_argument("--json", help="write the summary here")
     evaluate.add_argument("--save-samples", help="write samples (N, K, H, W) and index (N,) to this npz")
+    evaluate.add_argument("--methods", nargs="+", help="only these rows: 'heads' (the --head files) and/or "
+                                                       "deterministic, box_jitter, sam_multimask, mc_dropout "
+                                                       "(default: all)")
+    evaluate.add_argument("--reliability", help="write the reliability diagram (PNG) of every method here")
     _add_model_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
     tune = commands.add_parser("tune-sampling", help="choose the prior's temperature and the presence gate's "

@@ -31,6 +31,9 @@ class MethodResult:
     calibration: metrics.CalibrationAccumulator = field(default_factory=metrics.CalibrationAccumulator)
     decode_seconds: list[float] = field(default_factory=list)
     samples: list[np.ndarray] = field(default_factory=list)
+    #: Per slice: how many raters marked it (1-4), and the share of this method's samples that are non-empty.
+    raters_marked: list[int] = field(default_factory=list)
+    nonempty_share: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {**metrics.aggregate(self.per_slice), "ece": self.calibration.value(),
@@ -77,6 +80,8 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
             binary = probs > 0.5
             result.per_slice.append(metrics.score_slice(binary, probs, raters))
             result.calibration.add(probs.mean(axis=0), metrics.rater_frequency(raters))
+            result.raters_marked.append(int(raters.reshape(len(raters), -1).any(axis=1).sum()))
+            result.nonempty_share.append(float(binary.reshape(len(binary), -1).any(axis=1).mean()))
             if keep_samples:
                 result.samples.append(binary)
         if progress is not None:
@@ -92,6 +97,33 @@ def format_table(results: list[MethodResult], samples: int) -> str:
         lines.append(f"| {result.name} | {s['ged']:.3f} | {s['hm_iou']:.3f} | {s['d_avg']:.3f} | "
                      f"{s['majority_dice']:.3f} | {s['ncc']:.3f} ({s['ncc_undefined']}) | {s['ece']:.4f} | "
                      f"{s['decode_ms_median']:.0f} |")
+    return "\n".join(lines)
+
+
+def by_rater_count(result: MethodResult) -> dict[int, dict[str, float]]:
+    """GED and the share of non-empty samples on the slices marked by 1, 2, ... raters.
+
+    Where the error is: a sampler that matches the raters leaves about n/R of its samples non-empty on slices n of
+    R raters marked (0.25 / 0.50 / 0.75 / 1.00 for LIDC's four).
+    """
+    counts = np.array(result.raters_marked)
+    geds = np.array([scores["ged"] for scores in result.per_slice])
+    shares = np.array(result.nonempty_share)
+    return {int(n): {"slices": int((counts == n).sum()), "ged": float(geds[counts == n].mean()),
+                     "nonempty_share": float(shares[counts == n].mean())} for n in np.unique(counts)}
+
+
+def format_rater_table(results: list[MethodResult]) -> str:
+    """One row per method: GED and non-empty share by the number of raters who marked the slice."""
+    counts = sorted({n for result in results for n in result.raters_marked})
+    lines = ["| method | " + " | ".join(f"{n} rater{'s' if n > 1 else ''}: GED / non-empty" for n in counts) + " |",
+             "|" + "---|" * (1 + len(counts))]
+    for result in results:
+        table = by_rater_count(result)
+        cells = [f"{table[n]['ged']:.3f} / {table[n]['nonempty_share']:.2f}" if n in table else "-" for n in counts]
+        lines.append(f"| {result.name} | " + " | ".join(cells) + " |")
+    slices = by_rater_count(results[0])
+    lines.append("| slices | " + " | ".join(str(slices[n]["slices"]) if n in slices else "0" for n in counts) + " |")
     return "\n".join(lines)
 
 

@@ -237,6 +237,15 @@ class CalibrationAccumulator:
         self._predicted += np.bincount(bin_index, weights=predicted, minlength=self.bins)
         self._observed += np.bincount(bin_index, weights=observed, minlength=self.bins)
 
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The reliability diagram: per non-empty bin, the mean predicted probability, the mean rater frequency
+        and the bin's share of all pixels (a calibrated model has the first two equal)."""
+        filled = self._pixels > 0
+        if not filled.any():
+            raise ValueError("No pixels were added, so there is no reliability curve to draw.")
+        count = self._pixels[filled]
+        return self._predicted[filled] / count, self._observed[filled] / count, count / count.sum()
+
     def value(self) -> float:
         """The ECE over everything added so far."""
         total = int(self._pixels.sum())

@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from AmbiguousSAMLib.heads.baselines import BoxJitter, Deterministic, MCDropout, Multimask
+    from AmbiguousSAMLib.heads.baselines import BASELINES, Deterministic
     from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head
     from AmbiguousSAMLib.predictor import Predictor
 
@@ -35,7 +35,7 @@ def main() -> None:
     box = torch.tensor([[80.0, 80.0, 170.0, 175.0]], device=predictor.device)
     backbone = predictor.backbone
     samplers = [load_head(backbone, p).to(predictor.device) for p in (args.head or [DEFAULT_HEAD])]
-    samplers += [Deterministic(backbone), BoxJitter(backbone), Multimask(backbone), MCDropout(backbone)]
+    samplers += [baseline(backbone) for baseline in BASELINES]
 
     encode = median_seconds(lambda: predictor.encode(model_input))
     deterministic = Deterministic(backbone)

@@ -88,3 +88,7 @@ class MCDropout(_DecoderSampler):
                                 sparse.expand(k, -1, -1), dense.expand(k, -1, -1, -1))
         logits = masks_from_weights(mask_weights(decoder, state.mask_tokens)[:, :1], state.upscaled)[:, 0]
         return Samples(logits=logits, scores=decoder.iou_prediction_head(state.iou_token)[:, 0])
+
+
+#: The training-free baselines every evaluation compares a head with, in table order.
+BASELINES = (Deterministic, BoxJitter, Multimask, MCDropout)
