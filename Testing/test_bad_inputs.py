@@ -278,3 +278,50 @@ def test_a_non_ct_volume_in_slicer_is_refused_with_a_fix_slicer_accepts(mrml_sce
     assert nodeIds(mrml_scene) == before
     segmentation, heatmap = logic.process(volume, corners, samples=2, segmenter=segmenter, allowNonCt=True)
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 3 and heatmap is not None
+
+
+@pytest.mark.parametrize("slice_k", [9.7, "9", None, float("nan")])
+def test_a_slice_that_is_not_a_whole_number_is_not_truncated(segmenter, slice_k) -> None:
+    """A fractional slice used to be truncated silently (9.7 segmented slice 9)."""
+    refused(segmenter, lung_ct(), InvalidBoxError, "slice must be a whole number", slice_k=slice_k)
+
+
+@pytest.mark.parametrize("spacing", [None, "abc", (0.7, 0.7)])
+def test_spacing_that_is_not_three_numbers(segmenter, spacing) -> None:
+    refused(segmenter, lung_ct(), InvalidImageError, "spacing .* must be three positive numbers", spacing=spacing)
+
+
+def test_an_unknown_precision_is_refused_before_the_model_loads() -> None:
+    from AmbiguousSAMLib.predictor import Predictor
+
+    with pytest.raises(AmbiguousSAMError, match="Unknown precision 'fp16'. Choose one of fp32, bf16"):
+        Predictor(precision="fp16")
+
+
+def test_the_session_refuses_samples_and_seeds_before_starting_a_server() -> None:
+    """logic.process(samples=0) would otherwise start the server process (seconds) only to be refused by it."""
+    from AmbiguousSAMLogic.session import InferenceSession
+
+    session = InferenceSession(python="/nonexistent/python")  # a start would fail loudly: none may be attempted
+    from AmbiguousSAMLib.region import lesion_region
+
+    region = lesion_region(lung_ct(), BOX, 10, SPACING)
+    for samples, seed, message in ((0, 0, "from 1 to 256; got 0"), (4, -1, "seed must be a whole number")):
+        with pytest.raises(InvalidSettingError, match=message):
+            session.startTask(region, samples, seed)
+    assert session.process is None
+
+
+@pytest.mark.parametrize("make, message", [("folder", "is a folder, not a file"), ("missing", "does not exist"),
+                                           ("binary", "is not a readable CSV file"),
+                                           ("no header", "lacks the column(s)")])
+def test_batch_files_that_are_not_a_job_table(capsys, tmp_path, make, message) -> None:
+    path = tmp_path / "jobs.csv"
+    if make == "folder":
+        path.mkdir()
+    elif make == "binary":
+        path.write_bytes(b"\xff\xfe\x00\x81 not text")
+    elif make == "no header":
+        path.write_text("ct.nrrd,out,1,2,3,4,5\n")
+    code, error = run_cli(capsys, "segment", "--batch", str(path))
+    assert code == 2 and message in error, error

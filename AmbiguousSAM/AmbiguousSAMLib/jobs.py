@@ -45,7 +45,8 @@ def read_jobs(path: str | Path, samples: int, seed: int) -> tuple[list[SegmentJo
     """
     path = Path(path)
     if not path.is_file():
-        raise AmbiguousSAMError(f"The batch file {path} does not exist; give a CSV with the columns "
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise AmbiguousSAMError(f"The batch file {path} {problem}; give a CSV with the columns "
                                 f"{', '.join(REQUIRED_COLUMNS)}[,samples,seed].")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:

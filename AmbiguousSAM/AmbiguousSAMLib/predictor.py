@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .device import autocast, is_cuda_oom, resolve_device
+from .device import autocast, check_precision, is_cuda_oom, resolve_device
 from .errors import AmbiguousSAMError
 from .heads.checkpoint import load_head
 from .heads.sampler import Sampler
@@ -55,6 +55,7 @@ class Predictor:
     def __init__(self, backbone: Backbone | str = "litemedsam", checkpoint: str | Path | None = None,
                  device: str | torch.device | None = None, precision: str = "fp32",
                  window: tuple[float, float] | None = LUNG_WINDOW) -> None:
+        check_precision(precision)
         self.backbone = build_backbone(backbone, checkpoint) if isinstance(backbone, str) else backbone
         self.device = resolve_device(device)
         self.backbone.to(self.device)

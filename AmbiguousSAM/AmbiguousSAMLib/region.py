@@ -13,6 +13,7 @@ Numpy order (k, j, i) throughout; boxes are (i0, j0, i1, j1) in continuous voxel
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +125,8 @@ def validate_volume_box(box_ijk: tuple[float, float, float, float], slice_k: int
             else repr(box_ijk)
         raise InvalidBoxError(f"A box is four finite numbers (i0, j0, i1, j1); got ({shown}).")
     nk, nj, ni = shape
-    if not 0 <= int(slice_k) < nk:
+    slice_k = check_slice_index(slice_k)
+    if not 0 <= slice_k < nk:
         raise InvalidBoxError(f"Slice {slice_k} is outside the volume's {nk} slices (0..{nk - 1}).")
     i0, j0, i1, j1 = box
     if i1 < i0 or j1 < j0:
@@ -134,6 +136,26 @@ def validate_volume_box(box_ijk: tuple[float, float, float, float], slice_k: int
     if i1 < 0 or j1 < 0 or i0 > ni - 1 or j0 > nj - 1:
         raise InvalidBoxError(f"The box {box.tolist()} lies outside the {ni} x {nj} slice; draw it on the lesion.")
     return (float(max(i0, 0)), float(max(j0, 0)), float(min(i1, ni - 1)), float(min(j1, nj - 1)))
+
+
+def check_slice_index(slice_k: object) -> int:
+    """An axial slice index as an int; a fractional or non-numeric one is refused rather than truncated."""
+    if isinstance(slice_k, (bool, np.bool_)) or not isinstance(slice_k, (numbers.Integral, numbers.Real)) \
+            or not math.isfinite(float(slice_k)) or float(slice_k) != int(slice_k):
+        raise InvalidBoxError(f"The slice must be a whole number (an index k of the volume's axial slices); got "
+                              f"{slice_k!r}.")
+    return int(slice_k)
+
+
+def check_spacing(spacing: object) -> tuple[float, float, float]:
+    """Voxel spacing (si, sj, sk) as three positive finite floats (mm)."""
+    try:
+        values = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise InvalidImageError(f"The voxel spacing {spacing!r} must be three positive numbers (mm).")
+    return values  # type: ignore[return-value]
 
 
 def region_bounds(window: LesionWindow, slice_k: int, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
@@ -157,13 +179,11 @@ def lesion_region(volume: np.ndarray, box_ijk: tuple[float, float, float, float]
     """Validate the volume and the box, and copy the block of voxels that segmenting this lesion can read."""
     volume = validate_volume(volume, allow_non_ct)
     box = validate_volume_box(box_ijk, slice_k, volume.shape)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidImageError(f"The voxel spacing {spacing} must be three positive numbers (mm).")
-    bounds = region_bounds(LesionWindow.for_box(box, spacing), int(slice_k), volume.shape)
+    spacing, slice_k = check_spacing(spacing), check_slice_index(slice_k)
+    bounds = region_bounds(LesionWindow.for_box(box, spacing), slice_k, volume.shape)
     region = LesionRegion(voxels=np.array(volume[bounds], copy=True),
                           offset=tuple(int(b.start) for b in bounds), volume_shape=tuple(int(n) for n in volume.shape),
-                          spacing=spacing, box=box, slice_k=int(slice_k), fill=darkest_voxel(volume))
+                          spacing=spacing, box=box, slice_k=slice_k, fill=darkest_voxel(volume))
     check_region(region)
     return region
 
@@ -178,6 +198,7 @@ def check_region(region: LesionRegion) -> None:
     if len(shape) != 3 or min(shape) < 1:
         raise InvalidImageError(f"The volume shape {shape} is not a 3D shape (k, j, i).")
     box = validate_volume_box(region.box, region.slice_k, shape)
+    check_spacing(region.spacing)
     if box != tuple(region.box):
         raise InvalidBoxError(f"The box {list(region.box)} reaches beyond the {shape[2]} x {shape[1]} slice; "
                               "clip it to the volume.")

@@ -28,6 +28,7 @@ import slicer
 from AmbiguousSAMLib.client import InferenceClient
 from AmbiguousSAMLib.errors import AmbiguousSAMError, CancelledError, ServerError
 from AmbiguousSAMLib.lesion import LesionResult
+from AmbiguousSAMLib.limits import check_samples, check_seed
 from AmbiguousSAMLib.region import LesionRegion
 from AmbiguousSAMLib.serverprocess import ServerProcess
 
@@ -102,8 +103,10 @@ class InferenceSession:
         return self._process
 
     def startTask(self, region: LesionRegion, samples: int = 16, seed: int = 0) -> RemoteTask:
-        """Segment one lesion region on the server without waiting: call the task's `poll()` until `finished`."""
-        return RemoteTask(self, region, samples, seed)
+        """Segment one lesion region on the server without waiting: call the task's `poll()` until `finished`.
+
+        K and the seed are checked here, before a server is started or reached (the server checks them again)."""
+        return RemoteTask(self, region, check_samples(samples), check_seed(seed))
 
     def segment(self, region: LesionRegion, samples: int = 16, seed: int = 0,
                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> LesionResult:
