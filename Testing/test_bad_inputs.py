@@ -200,7 +200,7 @@ def crops_without_masks(tmp_path):
     ("not npz", (), "is not an npz file"),
     ("missing", (), "No crop file at"),
     ("unmarked", (), "No slice of the crop file has a rater's mark"),
-    ("good", ("--limit", "0"), "--limit must be a whole number of slices, at least 1; got 0"),
+    ("good", ("--limit", "0"), "--limit must be at least 1; got 0"),
 ])
 def test_evaluate_data_files(capsys, tmp_path, make, extra, message) -> None:
     path = tmp_path / "crops.npz"
@@ -325,3 +325,42 @@ def test_batch_files_that_are_not_a_job_table(capsys, tmp_path, make, message) -
         path.write_text("ct.nrrd,out,1,2,3,4,5\n")
     code, error = run_cli(capsys, "segment", "--batch", str(path))
     assert code == 2 and message in error, error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/r", "--every", "0"], "--every must be at least 1"),
+    (["train", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/r", "--steps", "0"], "--steps must be at least 1"),
+    (["train", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/r", "--batch-size", "0"],
+     "--batch-size must be at least 1"),
+    (["train", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/r", "--lr", "-1"], "positive learning rate"),
+    (["train", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/r", "--beta", "nan"], "KL weight >= 0"),
+    (["train", "--data", "{val}", "--cache", "{tmp}/file.txt", "--out", "{tmp}/r"], "is a file; it must be a folder"),
+    (["tune-sampling", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/t.pt", "--temperatures", "-1"],
+     "positive prior temperatures"),
+    (["tune-sampling", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/t.pt", "--offsets", "nan"],
+     "finite gate offsets"),
+    (["tune-sampling", "--data", "{val}", "--cache", "{tmp}/c", "--out", "{tmp}/head.pt", "--head", "{tmp}/head.pt"],
+     "is the head being tuned"),
+    (["evaluate", "--data", "{val}", "--cache", "{tmp}/file.txt"], "is a file; it must be a folder"),
+    (["serve", "--port", "99999"], "--port must be 0 (any free port) to 65535"),
+    (["demo", "--out", "{tmp}/file.txt"], "is a file"),
+])
+def test_training_tuning_and_serving_options(capsys, tmp_path, argv, message) -> None:
+    """Checked before any data is encoded or a model is loaded; nothing is written, no input is overwritten."""
+    (tmp_path / "file.txt").write_text("a file of the user's")
+    (tmp_path / "head.pt").write_bytes(b"the user's head")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    names = {"val": str(SHARED_DATA / "lidc-crops" / "val.npz"), "tmp": str(tmp_path)}
+    code, error = run_cli(capsys, *[part.format(**names) for part in argv])
+    assert code == 2 and message in error, error
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_evaluation_rows_refuses_a_limit_below_one_from_python() -> None:
+    from AmbiguousSAMLib.evaluation import evaluation_rows
+
+    masks = np.zeros((3, 4, 8, 8), bool)
+    masks[:, 0, 2:4, 2:4] = True
+    with pytest.raises(InvalidSettingError, match="--limit must be a whole number of slices, at least 1; got 0"):
+        evaluation_rows(masks, 0)
+    assert len(evaluation_rows(masks, 2)) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -99,10 +100,13 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     from .metrics import MEAN_SCORES
     from .training.sampling_tuning import tune_sampling
 
+    head_path = Path(args.head or DEFAULT_HEAD)
+    if Path(args.out).resolve() == head_path.resolve():
+        raise AmbiguousSAMError(f"--out {args.out} is the head being tuned; write the tuned head to a new file "
+                                "(the input is never overwritten).")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision)
-    head_path = Path(args.head or DEFAULT_HEAD)
     head = load_head(predictor.backbone, head_path).to(predictor.device)
     with open_crop_file(args.data) as file:
         rows = evaluation_rows(file["masks"], args.limit)
@@ -317,8 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options that count something (at least 1), and real-valued ones with their allowed range, by argparse name.
+COUNT_OPTIONS = ("every", "steps", "batch_size", "latent_dim", "encode_limit", "stop_after", "limit")
+RANGED_OPTIONS = {"lr": (0.0, False, "a positive learning rate"), "beta": (0.0, True, "a KL weight >= 0"),
+                  "temperatures": (0.0, False, "positive prior temperatures"),
+                  "offsets": (-math.inf, False, "finite gate offsets"),
+                  "max_request_mb": (0.0, False, "a positive size in MB")}
+#: Folders each command writes into: an existing file there is refused before any work (segment's -o is
+#: checked with its inputs by check_output_folder; tune-sampling's --out is a file).
+FOLDER_OPTIONS = {"demo": ("out",), "train": ("cache", "out"), "evaluate": ("cache",), "tune-sampling": ("cache",)}
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
-    """The numbers and the device every command takes, checked before a model or a data file is loaded."""
+    """The numbers, folders and device every command takes, checked before a model or a data file is loaded."""
     from .device import check_threads, resolve_device
     from .limits import check_samples, check_seed
 
@@ -326,6 +341,21 @@ def _check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None:
             check(value)
+    for name in COUNT_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise AmbiguousSAMError(f"--{name.replace('_', '-')} must be at least 1; got {value}.")
+    for name, (low, inclusive, meaning) in RANGED_OPTIONS.items():
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [] if values is None else [values]:
+            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+                raise AmbiguousSAMError(f"--{name.replace('_', '-')} takes {meaning}; got {value:g}.")
+    if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
+        raise AmbiguousSAMError(f"--port must be 0 (any free port) to 65535; got {args.port}.")
+    for name in FOLDER_OPTIONS.get(args.command, ()):
+        folder = getattr(args, name, None)
+        if folder and Path(folder).exists() and not Path(folder).is_dir():
+            raise AmbiguousSAMError(f"--{name} {folder} is a file; it must be a folder (new or existing).")
     if getattr(args, "device", None) is not None:
         resolve_device(args.device)
 
