@@ -364,3 +364,28 @@ def test_evaluation_rows_refuses_a_limit_below_one_from_python() -> None:
     with pytest.raises(InvalidSettingError, match="--limit must be a whole number of slices, at least 1; got 0"):
         evaluation_rows(masks, 0)
     assert len(evaluation_rows(masks, 2)) == 2
+
+
+@pytest.mark.parametrize("change", ["missing", "duplicate"])
+def test_a_dicom_series_with_a_gap_or_a_repeated_slice_is_refused(tmp_path, change) -> None:
+    """SimpleITK read a series with a missing slice at one averaged spacing (2.68 mm instead of 2.5 mm here),
+    with only a log warning: every slice after the gap sat at the wrong position."""
+    import shutil
+
+    import pydicom
+
+    from AmbiguousSAMLib.volume_io import read_volume
+
+    source = sorted(SHARED_DICOM.glob("*.dcm"))
+    if not source:
+        pytest.skip(f"no DICOM slab at {SHARED_DICOM} (shared data, absent in a fresh clone)")
+    for index, path in enumerate(source):
+        if not (change == "missing" and index == 7):
+            shutil.copy(path, tmp_path / path.name)
+    if change == "duplicate":  # a second copy of one slice, as a re-export into the same folder leaves it
+        dataset = pydicom.dcmread(source[3])
+        dataset.SOPInstanceUID = pydicom.uid.generate_uid()
+        dataset.save_as(tmp_path / "copy-of-slice-3.dcm")
+    with pytest.raises(InvalidImageError, match="is not evenly spaced.*Export the complete series again"):
+        read_volume(tmp_path)
+    assert read_volume(SHARED_DICOM).image.GetSpacing()[2] == pytest.approx(2.5)

@@ -48,7 +48,9 @@ def read_volume(path: str | Path) -> Volume:
                     f"{path} holds {len(series)} DICOM series ({listed}); AmbiguousSAM will not guess which one "
                     "is meant. Copy the CT series you want into a folder of its own and point to that folder."
                 )
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            check_slice_positions(path, files)
+            reader.SetFileNames(files)
             image = reader.Execute()
         elif not path.is_file():
             raise InvalidImageError(f"{path} does not exist.")
@@ -65,6 +67,38 @@ def read_volume(path: str | Path) -> Volume:
             "AmbiguousSAM needs one 3D scalar volume (a whole CT series)."
         )
     return Volume(sitk.GetArrayFromImage(image), image)
+
+
+def check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced (a slice missing, two acquisitions mixed).
+
+    SimpleITK reads such a series with one averaged slice spacing and only a log warning, which puts every slice
+    after a gap at the wrong position: masks and millimetres would be silently wrong.
+    """
+    import pydicom
+
+    positions = []
+    for name in files:
+        header = pydicom.dcmread(name, stop_before_pixels=True)
+        orientation = np.array(getattr(header, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=np.float64)
+        normal = np.cross(orientation[:3], orientation[3:])
+        position = getattr(header, "ImagePositionPatient", None)
+        if position is None:
+            raise InvalidImageError(f"{Path(name).name} in {folder} has no slice position (ImagePositionPatient); "
+                                    "AmbiguousSAM needs a CT series with its geometry.")
+        positions.append(float(np.dot(normal, np.array(position, dtype=np.float64))))
+    if len(positions) < 2:
+        return
+    gaps = np.diff(np.sort(positions))
+    typical = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - typical)))
+    if typical <= 0 or abs(gaps[worst] - typical) > 0.01 * typical + 1e-3:
+        at = np.sort(positions)[worst]
+        raise InvalidImageError(
+            f"The DICOM series in {folder} is not evenly spaced: {gaps[worst]:.3g} mm between the slices at "
+            f"{at:.2f} and {at + gaps[worst]:.2f} mm, where the others are {typical:.3g} mm apart (a slice is "
+            "missing, or two acquisitions are mixed). Export the complete series again."
+        )
 
 
 def physical_box_to_ijk(image: sitk.Image, corner_a: tuple[float, float, float], corner_b: tuple[float, float, float],
