@@ -389,3 +389,20 @@ def test_a_dicom_series_with_a_gap_or_a_repeated_slice_is_refused(tmp_path, chan
     with pytest.raises(InvalidImageError, match="is not evenly spaced.*Export the complete series again"):
         read_volume(tmp_path)
     assert read_volume(SHARED_DICOM).image.GetSpacing()[2] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("boxes, message", [
+    (["--box", *map(str, BOX), "--slice", "10", "--box-ras", "0", "0", "0", "9", "9", "9"], "not --box and --box-ras"),
+    (["--box-ras", "0", "0", "0", "9", "9", "9", "--box-lps", "0", "0", "0", "9", "9", "9"],
+     "not --box-ras and --box-lps"),
+    (["--box-ras", "0", "0", "0", "9", "9", "9", "--slice", "3"], "--slice goes with --box"),
+])
+def test_two_boxes_are_not_silently_one(capsys, small_ct, tmp_path, boxes, message) -> None:
+    """--box-ras used to win silently over --box (and --slice was ignored)."""
+    code, error = run_cli(capsys, "segment", str(small_ct), "-o", str(tmp_path / "out"), *boxes)
+    assert code == 2 and message in error and not (tmp_path / "out").exists()
+
+
+def test_raw_ct_without_its_rescale_is_told_how_to_load_it(segmenter) -> None:
+    message = refused(segmenter, (lung_ct().astype(np.int32) + 1024).astype(np.uint16), InvalidImageError, "darkest")
+    assert "without its rescale" in message and "allowNonCt=True" in message

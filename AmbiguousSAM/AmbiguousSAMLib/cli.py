@@ -148,6 +148,14 @@ def _segment(args: argparse.Namespace) -> None:
         if args.input is None or args.out is None:
             raise AmbiguousSAMError("Give INPUT and -o OUT (or --batch jobs.csv).")
         corners, space = None, "LPS"
+        given = [name for name, value in (("--box", args.box), ("--box-ras", args.box_ras), ("--box-lps", args.box_lps))
+                 if value is not None]
+        if len(given) > 1:
+            raise AmbiguousSAMError(f"Give one box, not {' and '.join(given)}: --box I0 J0 I1 J1 with --slice K "
+                                    "(voxels), or --box-ras / --box-lps with two corners (mm).")
+        if (args.box_ras or args.box_lps) and args.slice is not None:
+            raise AmbiguousSAMError("--slice goes with --box (voxels); a --box-ras/--box-lps box picks its slice "
+                                    "from its corners.")
         if args.box_ras or args.box_lps:
             values = args.box_ras or args.box_lps
             corners, space = (tuple(values[:3]), tuple(values[3:])), ("RAS" if args.box_ras else "LPS")

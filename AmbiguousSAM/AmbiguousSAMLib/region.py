@@ -105,8 +105,9 @@ def validate_volume(volume: np.ndarray, allow_non_ct: bool = False) -> np.ndarra
     low = float(np.nanmin(volume))
     if not allow_non_ct and low > CT_AIR_THRESHOLD:
         raise InvalidImageError(
-            f"The volume's darkest voxel is {low:g}, but CT in Hounsfield units has air near -1000. It may be MR "
-            f"or a rescaled image; AmbiguousSAM's head was trained on chest CT. To segment it anyway "
+            f"The volume's darkest voxel is {low:g}, but CT in Hounsfield units has air near -1000. It may be MR, "
+            f"or CT stored without its rescale (raw 0..4095 values: load it with the DICOM rescale slope and "
+            f"intercept, or subtract 1024); AmbiguousSAM's head was trained on chest CT. To segment it anyway "
             f"(min-max normalisation per crop): --allow-non-ct on the command line, allow_non_ct=True in Python, "
             f"allowNonCt=True in Slicer's AmbiguousSAMLogic().process."
         )
