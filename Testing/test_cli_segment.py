@@ -153,7 +153,7 @@ def test_batch_skips_a_failing_case_and_finishes_the_others(oblique_ct, tmp_path
     assert (tmp_path / "ok" / "candidates.seg.nrrd").is_file() and not (tmp_path / "bad").exists()
     assert (tmp_path / "taken").read_text() == "a file where a row wants its output folder"
     err = capsys.readouterr().err
-    assert f"line 3: skipped: the input {tmp_path / 'missing.nrrd'} does not exist" in err
+    assert f"line 3: skipped: The input {tmp_path / 'missing.nrrd'} does not exist" in err
     assert f"The output {tmp_path / 'taken'} is a file" in err and "2 of 3 cases failed or were refused" in err
 
 
@@ -167,7 +167,7 @@ BAD_ROWS = [
     ("{ct},f,28,nan,52,60,6", "'j0' is 'nan', not a finite number"),
     ("{ct},g,28,36,52,60,6,4,0,extra", "the row has more cells than the header"),
     ("{ct},ok,28,36,52,60,6", "already written by line 2"),
-    ("{missing},h,28,36,52,60,6", "the input {missing} does not exist"),
+    ("{missing},h,28,36,52,60,6", "The input {missing} does not exist"),
 ]
 
 

@@ -22,7 +22,6 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from .crops import open_crop_file, rows_with_raters
@@ -89,7 +88,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _tune_sampling(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from .evaluation import evaluation_rows
@@ -135,7 +133,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .jobs import SegmentJob, check_outputs, read_jobs, run_job
+    from .jobs import SegmentJob, check_input, check_outputs, read_jobs, run_job
 
     bad_rows: list[tuple[int, str]] = []
     if args.batch:
@@ -163,9 +161,7 @@ def _segment(args: argparse.Namespace) -> None:
             raise AmbiguousSAMError("Give --box I0 J0 I1 J1 with --slice K, or --box-ras/--box-lps with two corners.")
         jobs = [SegmentJob(input=Path(args.input), out=Path(args.out), box_ijk=args.box and tuple(args.box),
                            slice_k=args.slice, corners=corners, space=space, samples=args.samples, seed=args.seed)]
-        if not jobs[0].input.exists():
-            raise AmbiguousSAMError(f"The input {jobs[0].input} does not exist; give a CT file (.nrrd, .nii.gz, "
-                                    ".mha) or a DICOM series folder.")
+        check_input(jobs[0].input)
     ready, refused = check_outputs(jobs, args.overwrite)  # before the model loads: a wrong -o costs nothing
     if refused and len(jobs) == 1:
         raise refused[0][1]
@@ -342,8 +338,7 @@ FOLDER_OPTIONS = {"demo": ("out",), "train": ("cache", "out"), "evaluate": ("cac
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """The numbers, folders and device every command takes, checked before a model or a data file is loaded."""
-    from .device import check_threads, resolve_device
-    from .limits import check_samples, check_seed
+    from .limits import check_samples, check_seed, check_threads
 
     for name, check in (("threads", check_threads), ("samples", check_samples), ("seed", check_seed)):
         value = getattr(args, name, None)
@@ -365,6 +360,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if folder and Path(folder).exists() and not Path(folder).is_dir():
             raise AmbiguousSAMError(f"--{name} {folder} is a file; it must be a folder (new or existing).")
     if getattr(args, "device", None) is not None:
+        from .device import resolve_device  # imports torch: only when a device was named
+
         resolve_device(args.device)
 
 

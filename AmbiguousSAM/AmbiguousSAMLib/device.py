@@ -8,7 +8,6 @@ else CPU, unless the user says otherwise. bf16 autocast is opt-in because it cha
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator
 
 import torch
@@ -41,15 +40,6 @@ def resolve_device(requested: str | torch.device | None = None) -> torch.device:
             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}."
         )
     return device
-
-
-def check_threads(threads: int) -> int:
-    """CPU threads for torch: 0 keeps torch's default, otherwise 1 to this machine's core count."""
-    cores = os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= cores:
-        raise AmbiguousSAMError(f"--threads must be 0 (PyTorch's default) or 1 to {cores} (this machine's cores); "
-                                f"got {threads!r}.")
-    return threads
 
 
 def check_precision(precision: str) -> str:

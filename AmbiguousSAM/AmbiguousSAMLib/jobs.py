@@ -99,9 +99,15 @@ def job_from_row(row: dict, base: Path, samples: int, seed: int) -> SegmentJob:
     job = SegmentJob(input=base / row["input"].strip(), out=base / row["out"].strip(), box_ijk=box,  # type: ignore[arg-type]
                      slice_k=number("slice", int), samples=check_samples(number("samples", int, samples)),
                      seed=check_seed(number("seed", int, seed)))
-    if not job.input.exists():
-        raise AmbiguousSAMError(f"the input {job.input} does not exist")
+    check_input(job.input)
     return job
+
+
+def check_input(path: Path) -> None:
+    """Refuse an input that does not exist, before any model work (the reader says what else is wrong with it)."""
+    if not path.exists():
+        raise AmbiguousSAMError(f"The input {path} does not exist; give a CT file (.nrrd, .nii.gz, .mha) or a "
+                                "DICOM series folder.")
 
 
 def check_outputs(jobs: list[SegmentJob], overwrite: bool = False

@@ -1,4 +1,4 @@
-"""What one run may ask for: how many candidates, which seeds, how large a lesion box.
+"""What one run may ask for: how many candidates, which seeds, how large a lesion box, how many threads.
 
 Checked before any model work (the command line checks its arguments before it even loads the model), so a bad
 setting costs the user nothing. The numbers are product limits with a reason each, stated in the messages.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 from .errors import InvalidBoxError, InvalidSettingError
 
@@ -61,3 +62,12 @@ def check_box_size(box: tuple[float, float, float, float], spacing: tuple[float,
             f"The box is {width_mm:.1f} x {height_mm:.1f} mm, smaller than the smallest lesion AmbiguousSAM "
             f"segments (at least {MIN_BOX_MM:g} mm on its longer side). Draw the box around the whole lesion."
         )
+
+
+def check_threads(threads: int) -> int:
+    """CPU threads for torch: 0 keeps torch's default, otherwise 1 to this machine's core count."""
+    cores = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= cores:
+        raise InvalidSettingError(f"--threads must be 0 (PyTorch's default) or 1 to {cores} (this machine's "
+                                  f"cores); got {threads!r}.")
+    return threads

@@ -14,6 +14,7 @@ import binascii
 import ipaddress
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def read_token(path: str | Path) -> str:
+    """The token in a token file, for the server (`--token-file`) and its clients (Slicer's Token file) alike."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as error:
+        raise ServerError(f"Cannot read the server token file '{path}' ({error.strerror or error}). It holds the "
+                          "token the server was started with (--token-file); in Slicer, set 'Token file' to a copy "
+                          "of it.") from None
+    if not token:
+        raise ServerError(f"The server token file '{path}' is empty; put a long random string in it, e.g. "
+                          "python -c \"import secrets; print(secrets.token_urlsafe(32))\" > token.txt, and give "
+                          "the same file to the server (--token-file) and its clients.")
+    return token
 
 
 def encode_array(array: np.ndarray) -> dict:

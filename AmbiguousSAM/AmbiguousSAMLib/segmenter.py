@@ -139,19 +139,26 @@ class LesionSegmenter:
                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                 allow_non_ct: bool = False, propagate: bool = True) -> LesionResult:
         """Segment the lesion inside `box_ijk` (i0, j0, i1, j1) on axial slice `slice_k` of `volume` (k, j, i)."""
-        region = lesion_region(volume, box_ijk, slice_k, spacing, allow_non_ct)
-        return self.segment_region(region, samples, seed, progress, cancel, propagate)
+        samples, seed = check_samples(samples), check_seed(seed)
+        region = lesion_region(volume, box_ijk, slice_k, spacing, allow_non_ct)  # validated as it is cut out
+        return self._segment_checked(region, samples, seed, progress, cancel, propagate)
 
     def segment_region(self, region: LesionRegion, samples: int = 16, seed: int = 0,
                        progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                        propagate: bool = True) -> LesionResult:
         """Segment the lesion of a region cut by `lesion_region` (here, or by a client of the server).
 
-        The result is in the full volume's coordinates, identical to `segment` on the whole volume.
+        The result is in the full volume's coordinates, identical to `segment` on the whole volume. The region
+        is checked first: it may come from anywhere (a client of the server, a script).
         """
-        started = time.perf_counter()
         samples, seed = check_samples(samples), check_seed(seed)
         check_region(region)
+        return self._segment_checked(region, samples, seed, progress, cancel, propagate)
+
+    def _segment_checked(self, region: LesionRegion, samples: int, seed: int, progress: ProgressCallback | None,
+                         cancel: threading.Event | None, propagate: bool) -> LesionResult:
+        """The segmentation of a region, K and seed already checked."""
+        started = time.perf_counter()
         window = region.window
         origin, side, slice_k = window.origin, window.side, region.slice_k
         box = np.array(region.box, dtype=np.float64)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import AmbiguousSAMError, CancelledError
-from .protocol import PROTOCOL_VERSION, ProtocolError, decode_job, encode_result, is_loopback
+from .protocol import PROTOCOL_VERSION, ProtocolError, decode_job, encode_result, is_loopback, read_token
 from .limits import check_samples, check_seed
 from .region import LesionRegion, check_region
 
@@ -371,17 +371,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-
-
-def read_token(path: Path) -> str:
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as error:
-        raise AmbiguousSAMError(f"Cannot read the token file {path} ({error.strerror or error}).") from None
-    if not token:
-        raise AmbiguousSAMError(f"The token file {path} is empty; put a long random string in it, e.g. "
-                                "python -c \"import secrets; print(secrets.token_urlsafe(32))\" > token.txt")
-    return token
 
 
 def tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:

@@ -20,12 +20,12 @@ import shutil
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import slicer
 
 from AmbiguousSAMLib.client import InferenceClient
+from AmbiguousSAMLib.protocol import read_token
 from AmbiguousSAMLib.errors import AmbiguousSAMError, CancelledError, ServerError
 from AmbiguousSAMLib.lesion import LesionResult
 from AmbiguousSAMLib.limits import check_samples, check_seed
@@ -61,21 +61,6 @@ def serverPython() -> str:
         raise ServerError("Slicer's Python interpreter (PythonSlicer) was not found on PATH, so the Ambiguous SAM "
                           "model cannot be started. Reinstall Slicer, or set a server URL in the module's settings.")
     return python
-
-
-def readToken(path: str) -> str | None:
-    """The token in a remote server's token file; None when no file is set (a server that needs none)."""
-    if not path:
-        return None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as error:
-        raise ServerError(f"Cannot read the server token file '{path}' ({error.strerror or error}). Set 'Token file' "
-                          "to a copy of the file the server was started with (--token-file).") from None
-    if not token:
-        raise ServerError(f"The server token file '{path}' is empty. Copy the file the server was started with "
-                          "(--token-file).")
-    return token
 
 
 class InferenceSession:
@@ -189,7 +174,8 @@ class InferenceSession:
 
     def _remoteClient(self) -> InferenceClient:
         self._stopProcess()  # a local model left running would only hold memory
-        return InferenceClient(self.settings.serverUrl, readToken(self.settings.tokenFile))
+        token = read_token(self.settings.tokenFile) if self.settings.tokenFile else None
+        return InferenceClient(self.settings.serverUrl, token)
 
     def _localClient(self) -> InferenceClient | None:
         options = self.settings.modelOptions()
