@@ -125,6 +125,32 @@ def test_existing_output_is_not_replaced_and_failures_leave_nothing(oblique_ct, 
     assert not failed.exists() and not list(tmp_path.glob(".failed*"))
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_write_that_fails_midway_removes_only_its_own_temporary_folder(oblique_ct, segmented, tmp_path, monkeypatch,
+                                                                        make_lesion_result, existing) -> None:
+    """write_outputs' one rmtree is of the staging folder mkdtemp made for that call: a failure while writing a
+    new result or replacing one leaves the user's neighbouring files and the earlier result exactly as they were."""
+    import AmbiguousSAMLib.outputs as outputs
+
+    path, image = oblique_ct
+    (tmp_path / "notes.txt").write_text("the user's own file next to the output")
+    out = tmp_path / "result"
+    if existing:
+        shutil.copytree(segmented[0], out)
+    before = snapshot(tmp_path)
+    result = make_lesion_result(tuple(reversed(image.GetSize())), offset=(2, 30, 20), radii=(3.0, 5.0))
+    result.info.update(slice=5, box_ijk=(24.0, 34.0, 36.0, 44.0))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "write_montage", broken)  # the last of the four files fails to write
+    with pytest.raises(OSError, match="disk full"):
+        outputs.write_outputs(out, result, sitk.GetArrayFromImage(image), image, path, overwrite=existing)
+    assert snapshot(tmp_path) == before
+    assert not list(tmp_path.rglob(f"{outputs.STAGING_PREFIX}*")), "the temporary folder is gone"
+
+
 def test_overwrite_replaces_the_four_outputs_in_place(oblique_ct, segmented, tmp_path, make_lesion_result) -> None:
     path, image = oblique_ct
     out = tmp_path / "previous"
