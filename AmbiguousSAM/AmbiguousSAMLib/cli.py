@@ -1,4 +1,4 @@
-"""`ambiguous-sam`: the command line of the core (demo, train, tune-sampling, evaluate, segment, serve)."""
+"""`ambiguous-sam`: the command line of the core (demo, train, fit-gate, tune-sampling, evaluate, segment, serve)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import torch
 
-    from .crops import open_crop_file, rows_with_raters
+    from .crops import nested_order, open_crop_file, rows_with_raters
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
     from .training.trainer import TrainConfig, train
@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> None:
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision)
     with open_crop_file(args.data) as data:
-        rows = rows_with_raters(data["masks"])[:: args.every]
+        rows = nested_order(rows_with_raters(data["masks"])[:: args.every])
     cache = EmbeddingCache(args.cache)
     wanted = len(rows) if args.encode_limit is None else min(args.encode_limit, len(rows))
     if cache.meta().get("done", 0) < wanted or cache.meta()["settings"]["rows"] != len(rows):
@@ -41,9 +41,42 @@ def _train(args: argparse.Namespace) -> None:
         cache.build(args.data, rows, predictor, progress=_progress("encode"), limit=args.encode_limit)
     config = TrainConfig(injection=args.injection, latent_dim=args.latent_dim, beta=args.beta,
                          batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed,
+                         set_weight=args.set_weight, set_samples=args.set_samples,
                          device=str(predictor.device), init=args.init)
-    path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after)
+    path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after, rows=wanted)
     print(f"wrote {path}" if path else f"stopped after {args.stop_after} steps; run the same command to continue")
+
+
+def _fit_gate(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .heads.checkpoint import DEFAULT_HEAD, save_head
+    from .predictor import Predictor
+    from .training.embedding_cache import EmbeddingCache
+    from .training.presence_fit import refit_gate
+
+    head_path = Path(args.head or DEFAULT_HEAD)
+    if Path(args.out).resolve() == head_path.resolve():
+        raise AmbiguousSAMError(f"--out {args.out} is the head being refitted; write the new head to another file "
+                                "(the input is never overwritten).")
+    cache = EmbeddingCache(args.cache)
+    done = cache.meta().get("done", 0)
+    start, stop = args.rows
+    if not 0 <= start < stop <= done:
+        raise AmbiguousSAMError(f"--rows {start} {stop} is not a range of the {done} crops encoded in {args.cache}; "
+                                f"give 0 <= START < STOP <= {done} (the cache is built by 'ambiguous-sam train').")
+    torch.set_num_threads(args.threads) if args.threads else None
+    predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
+                          precision=args.precision)
+    head, bce = refit_gate(predictor.backbone, str(head_path), cache, np.arange(start, stop), args.evidence,
+                           seed=args.seed)
+    payload = torch.load(head_path, map_location="cpu", weights_only=True)
+    extra = {**payload["extra"], "gate": {"evidence": args.evidence, "cache": cache.meta()["settings"],
+                                          "rows": [start, stop], "presence_bce": bce}}
+    save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
+    print(f"gate ({args.evidence} evidence) fitted on cached crops {start}-{stop}: BCE {bce:.4f}; wrote {args.out} "
+          "(gate offset reset to 0: run tune-sampling on it)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -111,7 +144,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     cache = EmbeddingCache(args.cache)
     cache.build(args.data, rows, predictor, max_shift=0, seed=args.seed, progress=_progress("encode"))
     crops = load_crops(args.data, rows)
-    best, table = tune_sampling(head, cache.embeddings(), crops.masks, crops.index, args.samples, args.seed,
+    best, table = tune_sampling(head, cache.embeddings(), crops.images, crops.masks, crops.index, args.samples, args.seed,
                                 args.temperatures, args.offsets)
     print("| temperature | offset | " + " | ".join(f"{k} (tune)" for k in MEAN_SCORES) + " | "
           + " | ".join(f"{k} (check)" for k in MEAN_SCORES) + " |")
@@ -249,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="npz in the lidc-crops format (training split)")
     train.add_argument("--every", type=int, default=1, help="use every N-th slice with a rater mark")
     train.add_argument("--cache", required=True, help="folder for the fp16 embedding cache")
-    train.add_argument("--encode-limit", type=int, help="encode (and train on) only the first N crops of the subset")
+    train.add_argument("--encode-limit", type=int, help="encode (and train on) only the first N crops of the subset "
+                       "(the cache is in nested order: the first quarter is every 4th crop, the first half every 2nd)")
     train.add_argument("--out", required=True, help="folder for checkpoints, loss curves and head.pt")
     train.add_argument("--injection", default="hypernetwork", choices=("hypernetwork", "prompt"))
     train.add_argument("--latent-dim", type=int, default=6)
@@ -257,11 +291,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--set-weight", type=float, default=0.0,
+                       help="weight of the set-level loss (soft-IoU energy distance between K prior samples and "
+                            "the raters) added to the ELBO; 0: the ELBO alone")
+    train.add_argument("--set-samples", type=int, default=8, help="prior samples K per crop for the set loss")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--stop-after", type=int, help="end this run after N steps (resume later)")
     train.add_argument("--init", help="start from this head file's weights (those whose names and shapes match)")
     _add_model_options(train)
     train.set_defaults(run=_train, precision="bf16")
+
+    gate = commands.add_parser("fit-gate", help="refit a head's presence gate on cached training crops (optionally "
+                                                "reading the image's appearance), its outline unchanged")
+    gate.add_argument("--cache", required=True, help="training embedding cache built by 'ambiguous-sam train'")
+    gate.add_argument("--rows", type=int, nargs=2, required=True, metavar=("START", "STOP"),
+                      help="cached crops START..STOP-1 (nested order: pick crops the outline was not trained on)")
+    gate.add_argument("--head", help="head file whose gate is refitted (default: the shipped head)")
+    gate.add_argument("--evidence", default="appearance", choices=("decoder", "appearance"))
+    gate.add_argument("--out", required=True, help="where to write the new head file")
+    gate.add_argument("--seed", type=int, default=0)
+    _add_model_options(gate)
+    gate.set_defaults(run=_fit_gate, precision="bf16")
 
     evaluate = commands.add_parser("evaluate", help="score heads and baselines with the METHODS.md protocol")
     evaluate.add_argument("--data", required=True, help="npz in the lidc-crops format")
@@ -330,10 +380,13 @@ COUNT_OPTIONS = ("every", "steps", "batch_size", "latent_dim", "encode_limit", "
 RANGED_OPTIONS = {"lr": (0.0, False, "a positive learning rate"), "beta": (0.0, True, "a KL weight >= 0"),
                   "temperatures": (0.0, False, "positive prior temperatures"),
                   "offsets": (-math.inf, False, "finite gate offsets"),
-                  "max_request_mb": (0.0, False, "a positive size in MB")}
+                  "max_request_mb": (0.0, False, "a positive size in MB"),
+                  "set_weight": (0.0, True, "a set-loss weight >= 0"),
+                  "set_samples": (1, False, "at least 2 samples (the set loss compares samples with each other)")}
 #: Folders each command writes into: an existing file there is refused before any work (segment's -o is
 #: checked with its inputs by check_output_folder; tune-sampling's --out is a file).
-FOLDER_OPTIONS = {"demo": ("out",), "train": ("cache", "out"), "evaluate": ("cache",), "tune-sampling": ("cache",)}
+FOLDER_OPTIONS = {"demo": ("out",), "train": ("cache", "out"), "evaluate": ("cache",), "tune-sampling": ("cache",),
+                  "fit-gate": ("cache",)}
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

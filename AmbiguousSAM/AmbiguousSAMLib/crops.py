@@ -63,6 +63,17 @@ def open_crop_file(path: str | Path) -> np.lib.npyio.NpzFile:
     return data
 
 
+def nested_order(rows: np.ndarray) -> np.ndarray:
+    """`rows` reordered so that its first quarter is every 4th row, its first half every 2nd, then the rest.
+
+    The training cache is encoded in this order (about 1 s per crop on a CPU), so a partly built cache is
+    always an evenly spread subset of the file, never only its first patients, and a learning curve over
+    1/4, 1/2 and all of the data reads nested prefixes of one cache instead of encoding three.
+    """
+    rows = np.asarray(rows)
+    return np.concatenate([rows[0::4], rows[2::4], rows[1::4], rows[3::4]])
+
+
 def rows_with_raters(masks: np.ndarray) -> np.ndarray:
     """Rows where at least one rater marked something: the only slices a box can be drawn on."""
     return np.nonzero(masks.reshape(len(masks), -1).any(axis=1))[0]

@@ -67,14 +67,15 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
     results = [MethodResult(s.name) for s in samplers]
     frame = ModelFrame.for_image(crops.images.shape[1:], predictor.backbone.image_size)
     for n, (image, raters) in enumerate(zip(crops.images, crops.masks)):
+        model_input = predictor.prepare(image)[0].to(predictor.device)
         if embeddings is not None:
             embedding = torch.from_numpy(np.asarray(embeddings[n], dtype=np.float32))[None].to(predictor.device)
         else:
-            embedding = predictor.encode(predictor.prepare(image)[0])
+            embedding = predictor.encode(model_input)
         box_t = torch.from_numpy(frame.box_to_model(metrics.protocol_box(raters)))[None].to(predictor.device)
         for sampler, result in zip(samplers, results):
             start = time.perf_counter()
-            drawn = sampler.sample(embedding, box_t, samples, seed + int(crops.index[n]))
+            drawn = sampler.sample(embedding, box_t, samples, seed + int(crops.index[n]), image=model_input)
             probs = torch.sigmoid(frame.logits_to_image(drawn.logits.cpu())).numpy()
             result.decode_seconds.append(time.perf_counter() - start)
             binary = probs > 0.5

@@ -20,7 +20,7 @@ from .heads.checkpoint import load_head
 from .heads.sampler import Sampler
 from .limits import check_samples, check_seed
 from .modeling.backbone import Backbone, build_backbone
-from .preprocessing import LUNG_WINDOW, ModelFrame, normalize_intensities, validate_box, validate_slice
+from .preprocessing import LUNG_WINDOW, ModelFrame, model_input, validate_box
 
 
 @dataclass
@@ -62,6 +62,8 @@ class Predictor:
         self.precision = precision
         self.window = window
         self.embedding: torch.Tensor | None = None
+        #: The model input the embedding was computed from (heads with an appearance gate read it).
+        self.model_input: torch.Tensor | None = None
         self.geometry: ModelFrame | None = None
         #: The ambiguity head `sample` uses; loaded from the shipped checkpoint on first use.
         self.head: Sampler | None = None
@@ -72,15 +74,12 @@ class Predictor:
         self.backbone.to(self.device)
         if self.embedding is not None:
             self.embedding = self.embedding.to(self.device)
+            self.model_input = self.model_input.to(self.device)
         return self
 
     def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, ModelFrame]:
-        """Validate, normalise and resize a slice into the model's (1, 3, S, S) input."""
-        image = np.asarray(image)
-        window = None if image.dtype == np.uint8 else self.window
-        pixels = validate_slice(image)
-        frame = ModelFrame.for_image(pixels.shape, self.backbone.image_size)
-        return frame.image_to_model(normalize_intensities(pixels, window)), frame
+        """Validate, normalise and resize a slice into the model's (1, 3, S, S) input (this predictor's window)."""
+        return model_input(image, self.backbone.image_size, self.window)
 
     def encode(self, model_input: torch.Tensor) -> torch.Tensor:
         """Run the image encoder; on CUDA out-of-memory, warn and continue on the CPU."""
@@ -104,6 +103,7 @@ class Predictor:
         """Encode one 2D slice (rows, cols) and keep its embedding for the following prompts."""
         model_input, geometry = self.prepare(image)
         self.embedding = self.encode(model_input)
+        self.model_input = model_input.to(self.device)
         self.geometry = geometry
 
     def model_box(self, box: np.ndarray | list[float] | tuple[float, ...]) -> torch.Tensor:
@@ -128,7 +128,7 @@ class Predictor:
         k, seed = check_samples(k), check_seed(seed)
         if self.head is None:
             self.head = load_head(self.backbone).to(self.device)
-        drawn = self.head.sample(self.embedding_or_fail(), self.model_box(box), k, seed)
+        drawn = self.head.sample(self.embedding_or_fail(), self.model_box(box), k, seed, image=self.model_input)
         probs = torch.sigmoid(self.geometry.logits_to_image(drawn.logits.float().cpu())).numpy()
         return SampledMasks(probabilities=probs, scores=drawn.scores.float().cpu().numpy())
 

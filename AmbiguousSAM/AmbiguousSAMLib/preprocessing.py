@@ -105,6 +105,17 @@ def normalize_intensities(image: np.ndarray, window: tuple[float, float] | None)
     return (image - low) / max(high - low, 1e-8)
 
 
+def model_input(image: np.ndarray, model_size: int,
+                window: tuple[float, float] | None = LUNG_WINDOW) -> tuple[torch.Tensor, ModelFrame]:
+    """Validate, normalise and resize a slice into the model's (1, 3, S, S) input, and give its frame.
+
+    `window` clips non-uint8 input (CT in HU) before min-max scaling; uint8 input (PNG, the LIDC crops) is only
+    min-max scaled. The one way an image becomes model input: inference, training and evaluation all use it.
+    """
+    image = np.asarray(image)
+    pixels = validate_slice(image)
+    frame = ModelFrame.for_image(pixels.shape, model_size)
+    return frame.image_to_model(normalize_intensities(pixels, None if image.dtype == np.uint8 else window)), frame
 
 
 def validate_box(box: np.ndarray | list[float] | tuple[float, ...], original_size: tuple[int, int]) -> np.ndarray:

@@ -105,7 +105,7 @@ class LesionSegmenter:
         self.predictor = Predictor(backbone=backbone, checkpoint=checkpoint, device=device, precision=precision,
                                    window=None)
         self.sampler: Sampler = self._load_sampler(head)
-        self._embeddings: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._embeddings: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
         #: How many crops went through the encoder (the rest came from the cache); for tests and the server.
         self.encoded_crops = 0
@@ -120,19 +120,19 @@ class LesionSegmenter:
         """Forget cached slice embeddings (e.g. to time a cold click, or after the volume's voxels changed)."""
         self._embeddings.clear()
 
-    def embedding(self, crop: np.ndarray) -> torch.Tensor:
-        """The encoder's output for one crop, from the cache when exactly these pixels were encoded before."""
+    def encoded(self, crop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's output for one crop and the model input it read (appearance gates read that too), from
+        the cache when exactly these pixels were encoded before."""
         key = content_key(crop)
         if key in self._embeddings:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
         model_input, _ = self.predictor.prepare(crop)
-        embedding = self.predictor.encode(model_input)
+        self._embeddings[key] = (self.predictor.encode(model_input), model_input.to(self.predictor.device))
         self.encoded_crops += 1
-        self._embeddings[key] = embedding
         if len(self._embeddings) > self._cache_size:
             self._embeddings.popitem(last=False)
-        return embedding
+        return self._embeddings[key]
 
     def segment(self, volume: np.ndarray, box_ijk: tuple[float, float, float, float], slice_k: int,
                 spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), samples: int = 16, seed: int = 0,
@@ -170,14 +170,14 @@ class LesionSegmenter:
         def run_slice(k: int, slice_box: np.ndarray, noise: LatentNoise | None) -> _SliceResult:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("Cancelled by the user; nothing was changed.")
-            embedding = self.embedding(crop_slice(region.plane(k), local_origin, side, region.fill))
+            embedding, model_input = self.encoded(crop_slice(region.plane(k), local_origin, side, region.fill))
             local = np.array([slice_box[0] - origin[1], slice_box[1] - origin[0],
                               slice_box[2] - origin[1], slice_box[3] - origin[0]], dtype=np.float32)
             box_t = torch.from_numpy(frame.box_to_model(np.clip(local, 0, side - 1)))[None].to(self.predictor.device)
             if noise is None:
-                drawn = [self.sampler.sample(embedding, box_t, samples, seed)]
+                drawn = [self.sampler.sample(embedding, box_t, samples, seed, image=model_input)]
             else:
-                drawn = [self.sampler.sample_with_noise(embedding, box_t, noise[torch.arange(start, stop)])
+                drawn = [self.sampler.sample_with_noise(embedding, box_t, noise[torch.arange(start, stop)], model_input)
                          for start, stop in chunks(len(noise), DECODE_CHUNK)]
             probs = np.concatenate([torch.sigmoid(frame.logits_to_image(d.logits.float().cpu())).numpy() for d in drawn])
             scores = np.concatenate([d.scores.float().cpu().numpy() for d in drawn])

@@ -33,7 +33,8 @@ class Deterministic(_DecoderSampler):
     name = "deterministic"
 
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
+               image: torch.Tensor | None = None) -> Samples:
         logits, iou = self._decode(embedding, box)
         return Samples(logits=logits[0, :1].expand(k, -1, -1), scores=iou[0, :1].expand(k))
 
@@ -48,7 +49,8 @@ class BoxJitter(_DecoderSampler):
         self.fraction = fraction
 
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
+               image: torch.Tensor | None = None) -> Samples:
         size = (box[:, 2:] - box[:, :2]).repeat(1, 2)
         noise = torch.rand((k, 4), generator=generator_for(seed, torch.device("cpu"))).to(box.device) * 2 - 1
         boxes = box + noise * self.fraction * size
@@ -63,7 +65,8 @@ class Multimask(_DecoderSampler):
     name = "sam_multimask"
 
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
+               image: torch.Tensor | None = None) -> Samples:
         logits, iou = self._decode(embedding, box, multimask=True)
         order = torch.arange(k) % logits.shape[1]
         return Samples(logits=logits[0, order], scores=iou[0, order])
@@ -79,7 +82,8 @@ class MCDropout(_DecoderSampler):
         self.p = p
 
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
+               image: torch.Tensor | None = None) -> Samples:
         keep = torch.rand((k, embedding.shape[1], 1, 1), generator=generator_for(seed, torch.device("cpu")))
         dropped = embedding * (keep.to(embedding.device) >= self.p) / (1 - self.p)
         sparse, dense = self.backbone.prompt_encoder(points=None, boxes=box[:, None], masks=None)

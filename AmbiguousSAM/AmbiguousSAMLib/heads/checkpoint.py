@@ -35,7 +35,8 @@ def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extr
     state = {name: p.detach().cpu().clone() for name, p in head.trainable_parameters().items()}
     payload = {"format": "ambiguous-sam-head/1", "backbone": backbone_name,
                "config": {"injection": head.injection, "latent_dim": head.latent_dim,
-                          "presence_offset": head.presence_offset, "prior_temperature": head.prior_temperature},
+                          "presence_offset": head.presence_offset, "prior_temperature": head.prior_temperature,
+                          "presence_evidence": head.presence_evidence},
                "state": state, "extra": extra or {}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

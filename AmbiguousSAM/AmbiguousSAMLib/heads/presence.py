@@ -5,9 +5,11 @@ faint lesion is the largest disagreement there is. A Gaussian latent alone learn
 first trained head left 57 % of its samples non-empty on slices all four raters marked and 42 % on slices
 one rater marked (ideal 100 % and 25 %, model card). The gate models it explicitly, as a hurdle model does:
 p(mask) = (1 - pi) for "not marked", pi * p(shape | marked) otherwise, with pi predicted from what the decoder
-already computed for the box (its z-free mask, its IoU estimates) and the box's size. Richer inputs (the
-decoder tokens, pooled embeddings, 780 numbers) fit the 2,734 training crops better and validation worse
-(measured: Brier 0.084 against 0.061 for these nine), so the gate stays this small.
+already computed for the box (its z-free mask, its IoU estimates) and the box's size ("decoder" evidence, nine
+numbers), optionally with the image's appearance inside and around that mask ("appearance" evidence: density,
+texture, margin contrast and edge sharpness, nine more): what makes radiologists skip a faint lesion. Pooled
+embeddings and decoder tokens (780 numbers) fit the training crops better and validation worse (measured: Brier
+0.084 against 0.061 for the nine), so the appearance evidence is a few robust image statistics instead.
 
 Sample i is "marked" when its rank u_i < pi. The ranks are stratified (a random permutation of k strata,
 jittered), so k samples contain pi * k marked ones up to rounding, not a binomial draw of them, and a fixed
@@ -25,8 +27,11 @@ from torch import nn
 
 from .latent import box_channel
 
-#: Number of inputs `presence_features` returns.
+#: Number of inputs `presence_features` returns, and `appearance_features` adds.
 PRESENCE_FEATURES = 9
+APPEARANCE_FEATURES = 9
+#: What a gate reads: the decoder's view only, or that and the image's appearance around the mask.
+EVIDENCE = {"decoder": PRESENCE_FEATURES, "appearance": PRESENCE_FEATURES + APPEARANCE_FEATURES}
 #: Logit given to every pixel of a sample the gate leaves unmarked (sigmoid -> 2e-9).
 EMPTY_LOGIT = -20.0
 
@@ -48,12 +53,49 @@ def presence_features(logits: torch.Tensor, iou: torch.Tensor, boxes: torch.Tens
     return torch.cat([size, covered[:, None], mean_prob[:, None], peak[:, None], iou], dim=1)
 
 
-class PresenceGate(nn.Module):
-    """Features of `presence_features` -> logit of pi, the chance that a random expert marks the lesion."""
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    return F.max_pool2d(mask[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
 
-    def __init__(self, hidden: int = 64) -> None:
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp(min=1.0)
+
+
+def appearance_features(logits: torch.Tensor, boxes: torch.Tensor, images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """z-free logits (B, S, S), boxes (B, 4) in the model frame of `image_size` and the model's input images
+    (B, 3, image_size, image_size) in [0, 1] -> (B, 9) features, read at the logits' resolution S.
+
+    The mask is the z-free outline inside the box; its ring is the 4 pixels outside it (about 2 pixels of a
+    128-pixel crop), the outer ring the 12 beyond that. Intensities are read relative to the image's own 5th
+    and 95th percentiles, so a crop's min-max scaling (one bright rib) does not move them: the density inside,
+    in the ring and outside it, the two margin contrasts, the texture (spread inside), the edge sharpness
+    (gradient on the boundary), the mask's log area (/5) and where the image's median sits.
+    """
+    side = logits.shape[-1]
+    images = F.interpolate(images[:, :1].to(logits.dtype), size=(side, side), mode="area")[:, 0]
+    inside = box_channel(boxes, image_size, side=side)[:, 0]
+    mask = (logits > 0).to(images.dtype) * inside
+    near, far = _dilate(mask, 4), _dilate(mask, 12)
+    ring, outer = (near - mask).clamp(min=0), (far - near).clamp(min=0)
+    quantiles = torch.quantile(images.flatten(1).float(), torch.tensor([0.05, 0.5, 0.95], device=images.device),
+                               dim=1).T.to(images.dtype)
+    low, scale = quantiles[:, 0], (quantiles[:, 2] - quantiles[:, 0]).clamp(min=1e-3)
+    density, around, beyond = (_weighted_mean(images, w) for w in (mask, ring, outer))
+    spread = (_weighted_mean(images ** 2, mask) - density ** 2).clamp(min=0).sqrt()
+    grad_y, grad_x = torch.gradient(images, dim=(1, 2))
+    edge = _weighted_mean((grad_x ** 2 + grad_y ** 2).sqrt(), (_dilate(mask, 1) - mask).clamp(min=0))
+    area = mask.sum(dim=(1, 2)).clamp(min=1.0).log() / 5
+    return torch.stack([(density - low) / scale, (around - low) / scale, (beyond - low) / scale,
+                        (density - around) / scale, (density - beyond) / scale, spread / scale, edge / scale, area,
+                        (quantiles[:, 1] - low) / scale], dim=1)
+
+
+class PresenceGate(nn.Module):
+    """Evidence features -> logit of pi, the chance that a random expert marks the lesion."""
+
+    def __init__(self, inputs: int = PRESENCE_FEATURES, hidden: int = 64) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(PRESENCE_FEATURES, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(features)[:, 0]

@@ -29,7 +29,7 @@ from torch import nn
 from ..modeling.backbone import Backbone
 from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, run_transformer
 from .latent import GaussianLatentNet, box_channel, kl_divergence
-from .presence import PresenceGate, gate_logits, presence_features, stratified_ranks
+from .presence import EVIDENCE, PresenceGate, appearance_features, gate_logits, presence_features, stratified_ranks
 from .sampler import Samples, generator_for
 
 INJECTIONS = ("hypernetwork", "prompt")
@@ -77,10 +77,15 @@ class ProbabilisticSAM(nn.Module):
     """Prior/posterior nets + a fine-tunable SAM decoder that turns (embedding, box, z) into a mask."""
 
     def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6,
-                 presence_offset: float = 0.0, prior_temperature: float = 1.0) -> None:
+                 presence_offset: float = 0.0, prior_temperature: float = 1.0,
+                 presence_evidence: str = "decoder") -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
+        if presence_evidence not in EVIDENCE:
+            raise ValueError(f"presence_evidence must be one of {tuple(EVIDENCE)}, not '{presence_evidence}'")
+        #: What the gate reads (presence.py): "appearance" heads need the model input image with every call.
+        self.presence_evidence = presence_evidence
         self.name = f"probabilistic_sam_{injection}"
         self.injection = injection
         self.latent_dim = latent_dim
@@ -100,7 +105,7 @@ class ProbabilisticSAM(nn.Module):
         else:
             self.z_to_weights = _small_last(nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32)))
             self.z_to_offset = nn.Linear(latent_dim, 1)
-        self.presence = PresenceGate()
+        self.presence = PresenceGate(EVIDENCE[presence_evidence])
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
@@ -115,22 +120,30 @@ class ProbabilisticSAM(nn.Module):
             state = run_transformer(self.mask_decoder, embeddings, image_pe, sparse, dense)
         return state, mask_weights(self.mask_decoder, state.mask_tokens)[:, 0]
 
-    def _gate(self, state: DecoderState, base: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gate's logit (B,) and the features (B, 9) it read, from the z-free pass."""
-        plain_logits = masks_from_weights(base[:, None], state.upscaled)[:, 0]
+    def _gate(self, state: DecoderState, base: torch.Tensor, boxes: torch.Tensor,
+              images: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate's logit (B,) and the features (B, F) it read, from the z-free pass (and the images)."""
+        plain_logits = masks_from_weights(base[:, None], state.upscaled)[:, 0].detach()
         iou = self.mask_decoder.iou_prediction_head(state.iou_token)
-        features = presence_features(plain_logits.detach(), iou.detach(), boxes, self.image_size)
+        features = presence_features(plain_logits, iou.detach(), boxes, self.image_size)
+        if self.presence_evidence == "appearance":
+            if images is None:
+                raise ValueError("This head's presence gate reads the image: pass the model input (image=).")
+            features = torch.cat([features, appearance_features(plain_logits, boxes, images, self.image_size)], 1)
         return self.presence(features), features
 
     @torch.no_grad()
-    def presence_inputs(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """The gate's features (B, 9) alone: one z-free pass and no outlines (what fitting the gate needs)."""
+    def presence_inputs(self, embeddings: torch.Tensor, boxes: torch.Tensor,
+                        images: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate's features (B, F) alone: one z-free pass and no outlines (what fitting the gate needs)."""
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
         state, base = self._plain_pass(embeddings, sparse, dense, self.prompt_encoder.get_dense_pe())
-        return self._gate(state, base, boxes)[1]
+        return self._gate(state, base, boxes, images)[1]
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor, with_gate: bool = True) -> Decoded:
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, z: torch.Tensor, with_gate: bool = True,
+               images: torch.Tensor | None = None) -> Decoded:
         """Embeddings (B, 256, 64, 64), boxes (B, 4), latents (B, S, D) -> S masks per box and the box's gate.
+        `images` (B, 3, size, size) are the model inputs the embeddings came from (appearance gates read them).
 
         Training the outline passes `with_gate=False`: the gate is fitted afterwards, so its logit would be thrown
         away, and for the prompt injection the z-free pass it reads would be one more transformer pass per step.
@@ -140,7 +153,7 @@ class ProbabilisticSAM(nn.Module):
         image_pe = self.prompt_encoder.get_dense_pe()
         if with_gate or self.injection == "hypernetwork":
             state, base = self._plain_pass(embeddings, sparse, dense, image_pe)
-        presence_logit = self._gate(state, base, boxes)[0] if with_gate else None
+        presence_logit = self._gate(state, base, boxes, images)[0] if with_gate else None
         if self.injection == "prompt":
             sparse = (sparse[:, None] + self.z_to_prompt(z)[:, :, None]).flatten(0, 1)
             state = run_transformer(self.mask_decoder, embeddings.repeat_interleave(samples, 0), image_pe, sparse,
@@ -156,26 +169,36 @@ class ProbabilisticSAM(nn.Module):
         iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, :1].expand(batch, samples)
         return Decoded(logits, iou, presence_logit)
 
-    def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor,
-                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One posterior sample per image: logits (B, 256, 256) and two views of KL(q || p) (B,) each.
+    def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor,
+                      prior_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One posterior sample per image: logits (B, 256, 256), two views of KL(q || p) (B,) each, and, with
+        `prior_samples` K > 0, K reparameterised prior samples (B, K, 256, 256) for a set-level loss (else None).
 
         The first KL trains only the prior (posterior detached), the second only the posterior (prior
         detached), so the loss can grant the posterior "free bits" without leaving the prior untrained.
+        All samples go through one decoder pass: with the hypernetwork injection the K prior samples cost
+        K dot products, not K transformer passes.
         """
         box_map = box_channel(boxes, self.image_size)
         target_map = F.adaptive_avg_pool2d(targets[:, None].float(), box_map.shape[-2:])
         prior = self.prior(embeddings, box_map)
         posterior = self.posterior(embeddings, box_map, target_map)
         z = posterior[0] + torch.exp(posterior[1]) * torch.randn_like(posterior[0])
-        decoded = self.decode(embeddings, boxes, z[:, None], with_gate=False)
-        return decoded.logits[:, 0], kl_divergence(_detached(posterior), prior), kl_divergence(posterior, _detached(prior))
+        z = z[:, None]
+        if prior_samples:
+            noise = torch.randn(z.shape[0], prior_samples, self.latent_dim, device=z.device, dtype=z.dtype)
+            z = torch.cat([z, prior[0][:, None] + torch.exp(prior[1])[:, None] * noise], dim=1)
+        decoded = self.decode(embeddings, boxes, z, with_gate=False)
+        prior_logits = decoded.logits[:, 1:] if prior_samples else None
+        return (decoded.logits[:, 0], kl_divergence(_detached(posterior), prior),
+                kl_divergence(posterior, _detached(prior)), prior_logits)
 
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
+               image: torch.Tensor | None = None) -> Samples:
         """K prior samples for one box. The same seed draws the same standard-normal noise, so reusing a seed
         on neighbouring slices keeps sample i the same hypothesis through a 3D lesion."""
-        return self.sample_with_noise(embedding, box, self.draw_noise(k, seed))
+        return self.sample_with_noise(embedding, box, self.draw_noise(k, seed), image)
 
     def draw_noise(self, k: int, seed: int) -> LatentNoise:
         """Noise for k samples from a private seeded stream: sample i's identity."""
@@ -184,17 +207,19 @@ class ProbabilisticSAM(nn.Module):
         return LatentNoise(normal, stratified_ranks(k, generator))
 
     @torch.no_grad()
-    def draw(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Decoded:
+    def draw(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise,
+             image: torch.Tensor | None = None) -> Decoded:
         """One ungated outline per row of `noise` (z = mu + temperature * sigma * noise under this slice's prior)."""
         mu, log_sigma = self.prior(embedding, box_channel(box, self.image_size))
         z = mu + self.prior_temperature * torch.exp(log_sigma) * noise.normal.to(mu.device)
-        return self.decode(embedding, box, z[None])
+        return self.decode(embedding, box, z[None], images=image)
 
     @torch.no_grad()
-    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise) -> Samples:
+    def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise,
+                          image: torch.Tensor | None = None) -> Samples:
         """One sample per row of `noise`, left empty where the row's rank is at or above the gate's presence
         probability. Keeping the noise fixed across slices (and choosing rows of it) is how the 3D path keeps
         hypotheses coherent."""
-        decoded = self.draw(embedding, box, noise)
+        decoded = self.draw(embedding, box, noise, image)
         presence = torch.sigmoid(decoded.presence_logit[0] + self.presence_offset)
         return Samples(logits=gate_logits(decoded.logits[0], noise.ranks, presence), scores=decoded.iou[0])

@@ -23,8 +23,10 @@ class Sampler(Protocol):
 
     name: str
 
-    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int) -> Samples:
-        """`embedding` (1, 256, 64, 64), `box` (1, 4) in the model frame (x0, y0, x1, y1)."""
+    def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
+               image: torch.Tensor | None = None) -> Samples:
+        """`embedding` (1, 256, 64, 64), `box` (1, 4) in the model frame (x0, y0, x1, y1), `image` the model input
+        (1, 3, S, S) the embedding was computed from: samplers that read appearance need it, others ignore it."""
         ...
 
 

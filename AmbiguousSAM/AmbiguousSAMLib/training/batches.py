@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..preprocessing import ModelFrame
+from ..preprocessing import ModelFrame, model_input
 
 
 @dataclass
@@ -23,6 +23,10 @@ class Batch:
     boxes: torch.Tensor  # (B, 4) model frame
     targets: torch.Tensor  # (B, S, S) float32 {0, 1} in the model frame
     marked_fraction: torch.Tensor  # (B,) float32: share of the raters whose mask is non-empty
+    raters: torch.Tensor  # (B, R, S, S) float32 {0, 1}: every rater's mask in the model frame (the set losses)
+    marked: torch.Tensor  # (B, R) bool: which raters marked the slice
+    #: (B, 3, S, S) model inputs of the crops, when asked for (appearance gates read them), else None.
+    images: torch.Tensor | None = None
 
 
 def union_box(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
@@ -35,17 +39,21 @@ def union_box(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
 
 
 def make_batch(rng: np.random.Generator, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
-               model_size: int, margin_range: tuple[int, int] = (1, 6)) -> Batch:
-    """Gather cached embeddings for `rows`, one random rater each as the target."""
+               model_size: int, margin_range: tuple[int, int] = (1, 6), images: np.ndarray | None = None) -> Batch:
+    """Gather cached embeddings for `rows`, one random rater each as the target (and the crops' model inputs,
+    when the cache's `images` are given)."""
     order = np.sort(rows)  # sorted reads are faster on the memory-mapped cache
-    boxes, targets, marked = [], [], []
+    boxes, targets, every_rater = [], [], []
     for row in order:
         raters = masks[row]
         frame = ModelFrame.for_image(raters.shape[-2:], model_size)
         box = union_box(raters, rng.integers(margin_range[0], margin_range[1] + 1, size=4))
         boxes.append(frame.box_to_model(box))
-        targets.append(frame.mask_to_model(raters[rng.integers(len(raters))]))
-        marked.append(raters.reshape(len(raters), -1).any(axis=1).mean())
+        every_rater.append(torch.stack([frame.mask_to_model(mask) for mask in raters]))
+        targets.append(every_rater[-1][rng.integers(len(raters))])
+    raters = torch.stack(every_rater)
+    marked = raters.flatten(2).any(dim=2)
     return Batch(embeddings=torch.from_numpy(np.asarray(embeddings[order], dtype=np.float32)),
                  boxes=torch.from_numpy(np.stack(boxes)), targets=torch.stack(targets),
-                 marked_fraction=torch.tensor(marked, dtype=torch.float32))
+                 marked_fraction=marked.float().mean(dim=1), raters=raters, marked=marked,
+                 images=None if images is None else torch.cat([model_input(images[row], model_size)[0] for row in order]))

@@ -8,6 +8,7 @@ position gives nothing away. The cache is written incrementally and resumes wher
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -63,7 +64,10 @@ class EmbeddingCache:
         call with a larger (or no) limit continues where this one stopped.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
-        settings = {"data": str(Path(data).resolve()), "rows": int(len(rows)), "max_shift": max_shift,
+        rows = np.asarray(rows, dtype=np.int64)
+        # The digest tells caches of the same size but other rows (or another order) apart.
+        settings = {"data": str(Path(data).resolve()), "rows": int(len(rows)),
+                    "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(), "max_shift": max_shift,
                     "seed": seed, "backbone": predictor.backbone.spec.name, "precision": predictor.precision}
         meta = self.meta()
         if meta.get("settings") != settings:

@@ -40,3 +40,34 @@ def probabilistic_sam_loss(logits: torch.Tensor, targets: torch.Tensor, kl_prior
     kl = ((kl_prior + kl_posterior.clamp(min=free_nats)) * weights).sum()
     total = bce + dice + beta * kl / targets[0].numel()
     return {"total": total, "bce": bce, "dice": dice, "kl": (kl_posterior * weights).sum().detach()}
+
+
+def soft_iou_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - soft IoU between every mask of a (B, M, P) and of b (B, N, P), probabilities in [0, 1] -> (B, M, N)."""
+    overlap = a @ b.transpose(1, 2)
+    union = a.sum(2)[:, :, None] + b.sum(2)[:, None, :] - overlap
+    return 1 - (overlap + 1.0) / (union + 1.0)
+
+
+def set_energy_loss(sample_logits: torch.Tensor, raters: torch.Tensor, marked: torch.Tensor) -> torch.Tensor:
+    """Energy distance between K prior samples and the raters who marked the slice, averaged over the batch.
+
+    GED, the protocol's main score, is this energy distance with a hard IoU: 2 E d(s, y) - E d(s, s') - E d(y, y').
+    The ELBO only asks each rater's posterior sample to match that rater; this asks the *prior's* set of K to
+    sit where the raters' set sits and to spread as much as they do, which is what the user is shown. Soft IoU
+    keeps it differentiable. `sample_logits` (B, K, S, S), `raters` (B, R, S, S) {0, 1}, `marked` (B, R) bool:
+    only marked raters take part (whether there is a lesion at all is the presence gate's to learn).
+    """
+    samples = torch.sigmoid(sample_logits).flatten(2)
+    targets = raters.flatten(2)
+    weight = marked.to(samples.dtype)
+    count = weight.sum(1).clamp(min=1.0)
+    cross = (soft_iou_distance(samples, targets) * weight[:, None, :]).sum((1, 2)) / (samples.shape[1] * count)
+    # Off the diagonal only, for the samples: the soft distance of a blurred sample to itself is above 0, and
+    # counting it would reward blur. (The raters' term is constant; its diagonal is 0 as in the protocol's GED.)
+    k = samples.shape[1]
+    within_samples = soft_iou_distance(samples, samples).sum((1, 2)) / (k * (k - 1))
+    pair = weight[:, :, None] * weight[:, None, :]
+    within_raters = (soft_iou_distance(targets, targets) * pair).sum((1, 2)) / count ** 2
+    valid = (weight.sum(1) > 0).to(samples.dtype)
+    return ((2 * cross - within_samples - within_raters) * valid).sum() / valid.sum().clamp(min=1.0)

@@ -13,20 +13,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..heads.checkpoint import copy_matching_weights, load_head
 from ..heads.presence import PresenceGate, presence_loss
 from ..heads.probabilistic_sam import ProbabilisticSAM
+from ..modeling.backbone import Backbone
 from .batches import make_batch
+from .embedding_cache import EmbeddingCache
 
 
 @torch.no_grad()
 def crop_features(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
-                  rng: np.random.Generator, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gate features (N, 9) and marked fractions (N,) for `rows`, boxes drawn as in training."""
+                  rng: np.random.Generator, images: np.ndarray, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate features (N, F) and marked fractions (N,) for `rows` of the cache, boxes drawn as in training."""
     device = next(head.parameters()).device
     features, marked = [], []
+    needs_images = head.presence_evidence == "appearance"
     for start in range(0, len(rows), batch_size):
-        batch = make_batch(rng, embeddings, masks, np.sort(rows[start:start + batch_size]), head.image_size)
-        features.append(head.presence_inputs(batch.embeddings.to(device), batch.boxes.to(device)).cpu())
+        batch = make_batch(rng, embeddings, masks, np.sort(rows[start:start + batch_size]), head.image_size,
+                           images=images if needs_images else None)
+        features.append(head.presence_inputs(batch.embeddings.to(device), batch.boxes.to(device),
+                                             None if batch.images is None else batch.images.to(device)).cpu())
         marked.append(batch.marked_fraction)
     return torch.cat(features), torch.cat(marked)
 
@@ -37,7 +43,7 @@ def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fra
     torch.manual_seed(seed)
     mean, std = features.mean(dim=0), features.std(dim=0).clamp(min=1e-6)
     standard = (features - mean) / std
-    gate = PresenceGate()
+    gate = PresenceGate(features.shape[1])
     optimizer = torch.optim.AdamW(gate.parameters(), lr=lr, weight_decay=1e-2)
     gate.train()
     for _ in range(iterations):
@@ -52,3 +58,23 @@ def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fra
         first.weight.div_(std)
         head.presence.load_state_dict(gate.state_dict())  # copies onto the head's device
         return float(presence_loss(gate(features), marked_fraction))
+
+
+def refit_gate(backbone: Backbone, head_path: str, cache: EmbeddingCache, rows: np.ndarray, evidence: str,
+               seed: int = 0) -> tuple[ProbabilisticSAM, float]:
+    """A trained head with a new gate reading `evidence`, fitted on `rows` of the cache; its outline unchanged.
+
+    Why a separate step: a gate fitted on the crops the outline was trained on reads a decoder that has seen
+    them and is surer there than on new patients; rows the outline never saw (the next nested prefix of the
+    cache) give it the view it will have in use. The gate's logit offset is reset to 0: it was tuned for the
+    old gate, so the new head is tuned again (tune-sampling).
+    """
+    trained = load_head(backbone, head_path)
+    head = ProbabilisticSAM(backbone, injection=trained.injection, latent_dim=trained.latent_dim,
+                            prior_temperature=trained.prior_temperature, presence_evidence=evidence)
+    copy_matching_weights(head, head_path)
+    head = head.to(next(trained.parameters()).device).eval()
+    crops = cache.crops()
+    features, marked = crop_features(head, cache.embeddings(), crops["masks"], rows,
+                                     np.random.default_rng([seed, len(rows)]), crops["images"])
+    return head, fit_presence_gate(head, features, marked, seed=seed)

@@ -21,7 +21,7 @@ import torch
 
 from .. import metrics
 from ..heads.probabilistic_sam import ProbabilisticSAM
-from ..preprocessing import ModelFrame
+from ..preprocessing import ModelFrame, model_input
 
 @dataclass
 class UngatedDraws:
@@ -34,10 +34,10 @@ class UngatedDraws:
 
 
 @torch.no_grad()
-def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
-                 samples: int, seed: int) -> UngatedDraws:
+def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, images: np.ndarray, masks: np.ndarray,
+                 rows: np.ndarray, samples: int, seed: int) -> UngatedDraws:
     """Decode every slice as `evaluate` does (protocol box, seed + row, the head's temperature) but keep the
-    gate's decision apart."""
+    gate's decision apart. `images` are the crops the embeddings were computed from."""
     device = next(head.parameters()).device
     frame = ModelFrame.for_image(masks.shape[-2:], head.image_size)
     draws = UngatedDraws([], [], np.zeros(len(rows), np.float32), [])
@@ -45,7 +45,8 @@ def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarr
         box = frame.box_to_model(metrics.protocol_box(masks[n]))
         embedding = torch.from_numpy(np.asarray(embeddings[n], dtype=np.float32))[None].to(device)
         noise = head.draw_noise(samples, seed + int(row))
-        decoded = head.draw(embedding, torch.from_numpy(box)[None].to(device), noise)
+        image = model_input(images[n], head.image_size)[0].to(device)
+        decoded = head.draw(embedding, torch.from_numpy(box)[None].to(device), noise, image)
         draws.outlines.append(frame.logits_to_image(decoded.logits[0].float().cpu()).numpy() > 0)
         draws.ranks.append(noise.ranks.numpy())
         draws.presence_logits[n] = float(decoded.presence_logit[0])
@@ -73,7 +74,7 @@ def lowest_tuning_ged(table: list[dict]) -> dict:
     return min(table, key=lambda entry: entry["tune"]["ged"])
 
 
-def tune_sampling(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
+def tune_sampling(head: ProbabilisticSAM, embeddings: np.ndarray, images: np.ndarray, masks: np.ndarray, rows: np.ndarray,
                   samples: int, seed: int, temperatures: list[float], offsets: list[float]) -> tuple[dict, list[dict]]:
     """Score every (temperature, offset) pair; return the chosen entry and the whole table. The head's own
     temperature is left as it was: the caller decides whether to keep the choice."""
@@ -82,7 +83,7 @@ def tune_sampling(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndar
     try:
         for temperature in temperatures:
             head.prior_temperature = float(temperature)
-            draws = draw_ungated(head, embeddings, masks, rows, samples, seed)
+            draws = draw_ungated(head, embeddings, images, masks, rows, samples, seed)
             table += [{"temperature": float(temperature), **entry} for entry in score_offsets(draws, offsets)]
     finally:
         head.prior_temperature = kept

@@ -1,7 +1,8 @@
 """Train a Probabilistic SAM head on cached embeddings: resumable, with a progress bar and loss curves.
 
-Two stages: the outline model (latent nets, z branch, hypernetwork MLPs) for `steps` steps, then the presence
-gate, fitted in seconds on the trained decoder's features of every cached crop (presence_fit.py).
+Two stages: the outline model (latent nets, z branch, hypernetwork MLPs) for `steps` steps, on the ELBO alone or
+with a set-level loss between K prior samples and the raters added (`set_weight`, losses.set_energy_loss), then
+the presence gate, fitted in seconds on the trained decoder's features of every cached crop (presence_fit.py).
 
 Runs on CPU (hours for the full LIDC set, so the model card states the subset used) and on CUDA unchanged.
 Every `checkpoint_every` steps the head, optimiser and history are written atomically to `out/last.pt`;
@@ -22,7 +23,7 @@ from ..heads.checkpoint import copy_matching_weights, save_head
 from ..heads.probabilistic_sam import ProbabilisticSAM
 from .batches import make_batch
 from .embedding_cache import EmbeddingCache
-from .losses import probabilistic_sam_loss
+from .losses import probabilistic_sam_loss, set_energy_loss
 from .presence_fit import crop_features, fit_presence_gate
 
 
@@ -39,6 +40,11 @@ class TrainConfig:
     #: At 3e-4 the z branch grew too slowly and the posterior collapsed before it mattered (seen here).
     lr: float = 1e-3
     seed: int = 0
+    #: What the presence gate reads (heads/presence.py): "decoder" (nine numbers) or "appearance" (and the image).
+    presence_evidence: str = "decoder"
+    #: Weight of the set-level loss (losses.set_energy_loss) on `set_samples` prior samples; 0 trains the ELBO alone.
+    set_weight: float = 0.0
+    set_samples: int = 8
     checkpoint_every: int = 50
     device: str = "cpu"
     #: A head file to start from; its tensors whose names and shapes match are copied, the rest stay fresh.
@@ -47,11 +53,12 @@ class TrainConfig:
 
 
 def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: str | Path,
-          show_progress: bool = True, stop_after: int | None = None) -> Path | None:
+          show_progress: bool = True, stop_after: int | None = None, rows: int | None = None) -> Path | None:
     """Train (or resume) and return the path of the final head file `out/head.pt`.
 
     `stop_after` ends this call after that many steps (checkpointed), so CPU training can be split across
-    sessions; the same command continues it. Returns None when stopped before the last step.
+    sessions; the same command continues it. Returns None when stopped before the last step. `rows` trains on
+    the first that many cached crops only (a learning curve over nested prefixes of one cache).
     """
     from tqdm import tqdm  # imported here: only training needs it
 
@@ -59,7 +66,8 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    head = ProbabilisticSAM(backbone, injection=config.injection, latent_dim=config.latent_dim)
+    head = ProbabilisticSAM(backbone, injection=config.injection, latent_dim=config.latent_dim,
+                            presence_evidence=config.presence_evidence)
     if config.init is not None:
         fresh = copy_matching_weights(head, config.init)
         print(f"started from {config.init}; newly initialised: {', '.join(fresh) or 'nothing'}")
@@ -90,7 +98,7 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
 
     crops = cache.crops()
     embeddings = cache.embeddings()
-    available = cache.meta()["done"]
+    available = cache.meta()["done"] if rows is None else min(rows, cache.meta()["done"])
     head.train()
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not show_progress,
@@ -98,15 +106,19 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     for step in bar:
         rows = rng.choice(available, size=config.batch_size, replace=False)
         batch = make_batch(rng, embeddings, crops["masks"], rows, backbone.image_size)
-        logits, kl_prior, kl_posterior = head.forward_train(batch.embeddings.to(device), batch.boxes.to(device),
-                                                            batch.targets.to(device))
+        logits, kl_prior, kl_posterior, prior_logits = head.forward_train(
+            batch.embeddings.to(device), batch.boxes.to(device), batch.targets.to(device),
+            prior_samples=config.set_samples if config.set_weight else 0)
         losses = probabilistic_sam_loss(logits, batch.targets.to(device), kl_prior, kl_posterior, config.beta,
                                         config.free_nats)
+        if config.set_weight:
+            losses["set"] = set_energy_loss(prior_logits, batch.raters.to(device), batch.marked.to(device))
+            losses["total"] = losses["total"] + config.set_weight * losses["set"]
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
         scheduler.step()
-        history.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
+        history.append({"step": step + 1, **{k: float(v.detach()) for k, v in losses.items()}})
         bar.set_postfix(loss=f"{history[-1]['total']:.3f}", kl=f"{history[-1]['kl']:.2f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
             tmp = last.with_suffix(".tmp")
@@ -119,7 +131,7 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
         return None
     head.eval()
     features, marked = crop_features(head, embeddings, crops["masks"], np.arange(available),
-                                     np.random.default_rng([config.seed, config.steps]))
+                                     np.random.default_rng([config.seed, config.steps]), crops["images"])
     presence_bce = fit_presence_gate(head, features, marked, seed=config.seed)
     if show_progress:
         print(f"presence gate fitted on {available} crops: BCE {presence_bce:.4f}")
@@ -139,8 +151,9 @@ def plot_losses(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = np.array([h["step"] for h in history])
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
-    for ax, key in zip(axes, ("total", "bce", "dice", "kl")):
+    keys = ("total", "bce", "dice", "kl") + (("set",) if "set" in history[0] else ())
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3))
+    for ax, key in zip(axes, keys):
         values = np.array([h[key] for h in history])
         window = min(25, len(values))
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")

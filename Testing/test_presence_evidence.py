@@ -1,0 +1,119 @@
+"""The appearance evidence of the presence gate, the set-level loss, and refitting a head's gate on cached crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from AmbiguousSAMLib.cli import main
+from AmbiguousSAMLib.crops import nested_order, rows_with_raters
+from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+from AmbiguousSAMLib.heads.presence import EVIDENCE, appearance_features
+from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
+from AmbiguousSAMLib.modeling.backbone import build_backbone
+from AmbiguousSAMLib.predictor import Predictor
+from AmbiguousSAMLib.training.embedding_cache import EmbeddingCache
+from AmbiguousSAMLib.training.losses import set_energy_loss
+
+from conftest import SHARED_DATA
+
+VAL = SHARED_DATA / "lidc-crops" / "val.npz"
+SIZE = 256
+
+
+def disc_image(contrast: float, radius: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (1, 3, S, S) model input: a disc `contrast` brighter than a noisy background; and its (1, S, S) logits."""
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    disc = ((yy - 128) ** 2 + (xx - 128) ** 2 <= radius ** 2).float()
+    noise = torch.rand((SIZE, SIZE), generator=torch.Generator().manual_seed(0)) * 0.1
+    image = (0.2 + noise + contrast * disc).clamp(0, 1)
+    return image.expand(1, 3, SIZE, SIZE), (disc * 40 - 20)[None]
+
+
+def test_nested_order_makes_every_prefix_an_evenly_spread_subset() -> None:
+    rows = np.arange(100, 140)
+    order = nested_order(rows)
+    assert sorted(order.tolist()) == rows.tolist()
+    np.testing.assert_array_equal(order[:10], rows[::4])
+    np.testing.assert_array_equal(np.sort(order[:20]), rows[::2])
+
+
+def test_appearance_reads_margin_contrast_density_and_edge() -> None:
+    box = torch.tensor([[90.0, 90.0, 166.0, 166.0]])
+    faint, logits = disc_image(0.1)
+    solid, _ = disc_image(0.6)
+    weak, strong = appearance_features(logits, box, faint, SIZE)[0], appearance_features(logits, box, solid, SIZE)[0]
+    assert strong[3] > weak[3] > 0 and strong[4] > weak[4] > 0  # margin contrasts: inside minus ring / outside
+    assert strong[0] > weak[0]  # density inside
+    assert strong[6] > weak[6]  # edge sharpness on the boundary
+    assert strong[7] == pytest.approx(weak[7]) and float(strong[7]) == pytest.approx(np.log(np.pi * 400) / 5, rel=0.02)
+    # One bright outlier pixel far from the lesion moves the percentile-relative numbers by little.
+    spiked = solid.clone()
+    spiked[..., 5, 5] = 1.0
+    torch.testing.assert_close(appearance_features(logits, box, spiked, SIZE)[0], strong, atol=0.02, rtol=0.0)
+
+
+def test_an_appearance_head_needs_the_image_and_round_trips(tmp_path) -> None:
+    backbone = build_backbone()
+    head = ProbabilisticSAM(backbone, presence_evidence="appearance").eval()
+    assert head.presence.mlp[0].in_features == EVIDENCE["appearance"] == 18
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    box = torch.tensor([[90.0, 90.0, 166.0, 166.0]])
+    with pytest.raises(ValueError, match="reads the image"):
+        head.sample(embedding, box, k=4, seed=0)
+    image, _ = disc_image(0.5)
+    drawn = head.sample(embedding, box, k=4, seed=0, image=image)
+    save_head(head, tmp_path / "appearance.pt", backbone.spec.name)
+    loaded = load_head(backbone, tmp_path / "appearance.pt")
+    assert loaded.presence_evidence == "appearance"
+    torch.testing.assert_close(loaded.sample(embedding, box, k=4, seed=0, image=image).logits, drawn.logits)
+    with pytest.raises(ValueError, match="presence_evidence"):
+        ProbabilisticSAM(backbone, presence_evidence="texture")
+
+
+def test_the_set_loss_prefers_samples_spread_like_the_raters() -> None:
+    raters = torch.zeros(1, 4, 16, 16)
+    raters[0, 0, 4:8, 4:8] = raters[0, 1, 4:8, 4:10] = raters[0, 2, 4:12, 4:12] = 1.0
+    marked = torch.tensor([[True, True, True, False]])  # the fourth rater left it empty: the gate's business
+    matching = (raters[:, :3] * 40 - 20).repeat(1, 2, 1, 1)  # K = 6 samples: the three outlines twice
+    collapsed = (raters[:, 1:2] * 40 - 20).repeat(1, 6, 1, 1)  # six copies of the middle outline
+    spread_loss, collapsed_loss = set_energy_loss(matching, raters, marked), set_energy_loss(collapsed, raters, marked)
+    assert float(spread_loss) < float(collapsed_loss) - 0.1
+    blurred = torch.zeros_like(matching)  # every sample a 50 % haze over the whole crop: no reward for blur
+    assert float(set_energy_loss(blurred, raters, marked)) > float(spread_loss) + 0.5
+    logits = collapsed.clone().requires_grad_(True)
+    set_energy_loss(logits, raters, marked).backward()
+    assert logits.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> EmbeddingCache:
+    if not VAL.is_file():
+        pytest.skip(f"LIDC crops are not at {VAL} (shared data absent in this checkout)")
+    with np.load(VAL) as data:
+        rows = rows_with_raters(data["masks"])[:8]
+    cache = EmbeddingCache(tmp_path_factory.mktemp("cache"))
+    cache.build(VAL, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
+    return cache
+
+
+def test_fit_gate_refits_only_the_gate_and_never_overwrites_its_input(cache, tmp_path, capsys) -> None:
+    out = tmp_path / "gated.pt"
+    assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "8", "--out", str(out)]) == 0
+    assert "BCE" in capsys.readouterr().out
+    backbone = build_backbone()
+    shipped, refitted = load_head(backbone, DEFAULT_HEAD), load_head(backbone, out)
+    assert refitted.presence_evidence == "appearance" and refitted.presence_offset == 0.0
+    assert refitted.prior_temperature == shipped.prior_temperature
+    for name, tensor in shipped.trainable_parameters().items():
+        if not name.startswith("presence."):
+            torch.testing.assert_close(refitted.trainable_parameters()[name], tensor)
+    extra = torch.load(out, map_location="cpu", weights_only=True)["extra"]["gate"]
+    assert extra["rows"] == [0, 8] and extra["evidence"] == "appearance"
+    before = out.read_bytes()
+    assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "8", "--head", str(out),
+                 "--out", str(out)]) == 2
+    assert "never overwritten" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "4", "9", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "0 <= START < STOP <= 8" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
