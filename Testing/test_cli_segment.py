@@ -55,6 +55,9 @@ def test_outputs_are_complete_and_on_the_ct_geometry(segmented) -> None:
     out, image = segmented
     assert sorted(p.name for p in out.iterdir()) == ["candidates.seg.nrrd", "montage.png", "summary.json",
                                                      "uncertainty.nrrd"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a new folder's usual permissions, not mkdtemp's 0700
     heat = sitk.ReadImage(str(out / "uncertainty.nrrd"))
     same_geometry(heat, image)
     assert heat.GetPixelID() == sitk.sitkFloat32 and sitk.GetArrayFromImage(heat).max() > 0

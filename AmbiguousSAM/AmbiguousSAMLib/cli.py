@@ -166,10 +166,13 @@ def _tune_sampling(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .jobs import SegmentJob, check_input, check_outputs, read_jobs, run_job
+    from .jobs import SegmentJob, check_dicom_options, check_input, check_outputs, read_jobs, run_job
 
     bad_rows: list[tuple[int, str]] = []
     if args.batch:
+        if args.series_uid is not None or args.dicom_out is not None:
+            raise AmbiguousSAMError("--series-uid and --dicom-out go with one INPUT, not with --batch (each row has "
+                                    "its own input and output).")
         jobs, bad_rows = read_jobs(args.batch, args.samples, args.seed)
         for line, reason in bad_rows:
             print(f"{args.batch}, line {line}: skipped: {reason.rstrip('.')}.", file=sys.stderr)
@@ -193,8 +196,10 @@ def _segment(args: argparse.Namespace) -> None:
         elif args.box is None or args.slice is None:
             raise AmbiguousSAMError("Give --box I0 J0 I1 J1 with --slice K, or --box-ras/--box-lps with two corners.")
         jobs = [SegmentJob(input=Path(args.input), out=Path(args.out), box_ijk=args.box and tuple(args.box),
-                           slice_k=args.slice, corners=corners, space=space, samples=args.samples, seed=args.seed)]
+                           slice_k=args.slice, corners=corners, space=space, samples=args.samples, seed=args.seed,
+                           series_uid=args.series_uid, dicom_out=args.dicom_out and Path(args.dicom_out))]
         check_input(jobs[0].input)
+        check_dicom_options(jobs[0], args.overwrite)
     ready, refused = check_outputs(jobs, args.overwrite)  # before the model loads: a wrong -o costs nothing
     if refused and len(jobs) == 1:
         raise refused[0][1]
@@ -217,7 +222,7 @@ def _segment(args: argparse.Namespace) -> None:
             summary = run_job(segmenter, job, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct)
             volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
             print(f"{job.input} -> {job.out}: {len(summary['candidates'])} candidates ({volumes} mm^3), "
-                  f"{summary['seconds']:.1f} s")
+                  f"{summary['seconds']:.1f} s" + (f"; DICOM objects in {job.dicom_out}" if job.dicom_out else ""))
         except AmbiguousSAMError as error:
             if len(jobs) == 1:
                 raise
@@ -351,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--box-lps", nargs=6, type=float, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"))
     segment.add_argument("-o", "--out", help="output folder (written atomically)")
     segment.add_argument("--batch", help="CSV of jobs: input,out,i0,j0,i1,j1,slice[,samples,seed]")
+    segment.add_argument("--series-uid", metavar="UID", help="the series to read when the DICOM folder holds several")
+    segment.add_argument("--dicom-out", metavar="DIR", help="also write DICOM SEG (candidates + consensus; mean "
+                         "probability), a Parametric Map (uncertainty) and its colour presentation state, referencing "
+                         "the input series, into this new folder (DICOM input only)")
     segment.add_argument("--samples", type=int, default=16)
     segment.add_argument("--seed", type=int, default=0)
     segment.add_argument("--head", default="default", help="'default' (shipped LIDC head), 'deterministic' or a path")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .errors import AmbiguousSAMError
 from .limits import check_samples, check_seed
 from .outputs import check_output_folder, write_outputs
-from .volume_io import physical_box_to_ijk, read_volume
+from .volume_io import physical_box_to_ijk, read_volume, series_files
 
 if TYPE_CHECKING:
     from .segmenter import LesionSegmenter  # torch: loaded only once the jobs and their outputs are checked
@@ -35,6 +35,10 @@ class SegmentJob:
     space: str = "LPS"
     samples: int = 16
     seed: int = 0
+    #: The series to read when `input` is a DICOM folder holding several.
+    series_uid: str | None = None
+    #: Folder for DICOM SEG / Parametric Map outputs that reference the input series (DICOM input only).
+    dicom_out: Path | None = None
 
 
 def read_jobs(path: str | Path, samples: int, seed: int) -> tuple[list[SegmentJob], list[tuple[int, str]]]:
@@ -110,6 +114,22 @@ def check_input(path: Path) -> None:
                                 "DICOM series folder.")
 
 
+def check_dicom_options(job: SegmentJob, overwrite: bool = False) -> None:
+    """Refuse a series UID or a DICOM output the input cannot serve, before any model work: the series must be in
+    the folder (its headers are read, not its voxels), and DICOM outputs need a DICOM input to reference."""
+    if job.series_uid is None and job.dicom_out is None:
+        return
+    if job.input.is_dir():
+        series_files(job.input, job.series_uid)
+    elif job.series_uid is not None:
+        raise AmbiguousSAMError(f"--series-uid chooses one series of a DICOM folder, but {job.input} is a file; "
+                                "leave out --series-uid.")
+    if job.dicom_out is not None:
+        from .dicom_export import check_dicom_output
+
+        check_dicom_output(job.dicom_out, job.input, job.out, overwrite)
+
+
 def check_outputs(jobs: list[SegmentJob], overwrite: bool = False
                   ) -> tuple[list[SegmentJob], list[tuple[SegmentJob, AmbiguousSAMError]]]:
     """Split jobs into those whose output folder can take a result and those refused, with the reason."""
@@ -124,10 +144,11 @@ def check_outputs(jobs: list[SegmentJob], overwrite: bool = False
 
 
 def run_job(segmenter: LesionSegmenter, job: SegmentJob, overwrite: bool = False, allow_non_ct: bool = False) -> dict:
-    """Segment one case and write its outputs; returns the summary written to summary.json."""
+    """Segment one case and write its outputs (and its DICOM outputs when asked); returns the summary written to
+    summary.json."""
     import json
 
-    volume = read_volume(job.input)
+    volume = read_volume(job.input, series_uid=job.series_uid, allow_non_ct=allow_non_ct)
     if job.corners is not None:
         box, slice_k = physical_box_to_ijk(volume.image, job.corners[0], job.corners[1], job.space)
     else:
@@ -135,4 +156,8 @@ def run_job(segmenter: LesionSegmenter, job: SegmentJob, overwrite: bool = False
     result = segmenter.segment(volume.array, box, slice_k, volume.spacing, samples=job.samples, seed=job.seed,
                                allow_non_ct=allow_non_ct)
     out = write_outputs(job.out, result, volume.array, volume.image, str(job.input), overwrite=overwrite)
+    if job.dicom_out is not None:
+        from .dicom_export import read_source_datasets, write_dicom_outputs
+
+        write_dicom_outputs(job.dicom_out, result, read_source_datasets(volume.files), overwrite, job.input)
     return json.loads((out / "summary.json").read_text())

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,8 +40,8 @@ OUTPUT_FILES = (SEGMENTATION_FILE, HEATMAP_FILE, SUMMARY_FILE, MONTAGE_FILE)
 STAGING_PREFIX = ".ambiguous-sam-"
 
 
-def _is_own_output(entry: Path) -> bool:
-    return entry.name in OUTPUT_FILES and entry.is_file() and not entry.is_symlink()
+def _is_own_output(entry: Path, names: tuple[str, ...]) -> bool:
+    return entry.name in names and entry.is_file() and not entry.is_symlink()
 
 
 def _contains(folder: Path, path: Path) -> bool:
@@ -64,17 +65,18 @@ def _listing(entries: list[Path], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def check_output_folder(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> None:
+def check_output_folder(out: str | Path, overwrite: bool = False, source: str | Path | None = None,
+                        names: tuple[str, ...] = OUTPUT_FILES) -> None:
     """Refuse an output folder that cannot take a result, before any model work (a full CT takes minutes).
 
     `source` is the input file or folder: an output folder that holds it is refused, so no run can ever replace
     or delete its own input. With `overwrite`, an existing folder is accepted only if it holds nothing but the
-    four output files, which are then replaced.
+    output files `names` (the four result files, or the DICOM files of dicom_export), which are then replaced.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise AmbiguousSAMError(f"The output {out} is a file; the output is a folder that will hold the four result "
-                                "files. Choose a folder path (new or empty).")
+        raise AmbiguousSAMError(f"The output {out} is a file; the output is a folder that will hold the "
+                                f"{len(names)} result files. Choose a folder path (new or empty).")
     if not out.exists():
         ancestor = out.absolute().parent
         while not ancestor.exists():
@@ -91,16 +93,16 @@ def check_output_folder(out: str | Path, overwrite: bool = False, source: str | 
             f"{out / 'ambiguous-sam'}."
         )
     entries = list(out.iterdir())
-    foreign = [entry for entry in entries if not _is_own_output(entry)]
+    foreign = [entry for entry in entries if not _is_own_output(entry, names)]
     if foreign:
         raise AmbiguousSAMError(
             f"The output folder {out} holds files that AmbiguousSAM did not write ({_listing(foreign)}). "
-            f"Results go into a folder of their own, and --overwrite only ever replaces {', '.join(OUTPUT_FILES)}; "
+            f"Results go into a folder of their own, and --overwrite only ever replaces {', '.join(names)}; "
             "choose a new or empty output folder."
         )
     if entries and not overwrite:
         raise AmbiguousSAMError(f"The output folder {out} already holds a result. Choose another output folder, or "
-                                "pass --overwrite (overwrite=True) to replace its four files.")
+                                f"pass --overwrite (overwrite=True) to replace its {len(names)} files.")
     _check_writable(out)
 
 
@@ -182,21 +184,41 @@ def write_outputs(out: str | Path, result: LesionResult, volume: np.ndarray, ima
     A new folder appears complete or not at all; in an existing folder (overwrite) each output file is replaced
     by its complete new version. On failure, every folder and file this call created is removed again.
     """
-    out = Path(out)
-    check_output_folder(out, overwrite, source)
-    replacing = out.is_dir()
-    created = [] if replacing else _make_missing_folders(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out if replacing else out.parent))
-    try:
+
+    def write(staging: Path) -> None:
         write_segmentation(staging / SEGMENTATION_FILE, result, image)
         write_heatmap(staging / HEATMAP_FILE, result, image)
         (staging / SUMMARY_FILE).write_text(json.dumps(summarise(result, image, source), indent=2))
         write_montage(staging / MONTAGE_FILE, result, volume)
+
+    return write_folder_atomically(out, OUTPUT_FILES, write, overwrite, source)
+
+
+def write_folder_atomically(out: str | Path, names: tuple[str, ...], write: Callable[[Path], None],
+                            overwrite: bool = False, source: str | Path | None = None) -> Path:
+    """`write(staging)` puts the files `names` into a temporary folder, which then becomes `out` in one rename
+    (or, with overwrite, whose files replace those of an existing `out`): the rule of every output folder here.
+
+    `out` must pass `check_output_folder(out, overwrite, source, names)`. On failure, every folder and file this
+    call created is removed again and the exception goes on.
+    """
+    out = Path(out)
+    check_output_folder(out, overwrite, source, names)
+    replacing = out.is_dir()
+    created = [] if replacing else _make_missing_folders(out.parent)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out if replacing else out.parent))
+    try:
+        write(staging)
         if replacing:
-            for name in OUTPUT_FILES:
+            for name in names:
                 os.replace(staging / name, out / name)
             staging.rmdir()
         else:
+            # mkdtemp makes its folder private (0700); the result folder gets the permissions any new folder of
+            # this user gets (the umask), so a colleague or a PACS exporter can read it as they could read the CT.
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)
             staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # the temporary folder mkdtemp made for this call

@@ -25,6 +25,9 @@ class Volume:
 
     array: np.ndarray
     image: sitk.Image
+    #: The DICOM files of slices k = 0, 1, ... when read from a DICOM folder (empty otherwise): what DICOM outputs
+    #: reference.
+    files: tuple[str, ...] = ()
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -32,24 +35,23 @@ class Volume:
         return tuple(float(s) for s in self.image.GetSpacing())  # type: ignore[return-value]
 
 
-def read_volume(path: str | Path) -> Volume:
-    """Read .nrrd/.nii(.gz)/.mha or a folder holding one DICOM series; refuse anything that is not 3D."""
+def read_volume(path: str | Path, series_uid: str | None = None, allow_non_ct: bool = False) -> Volume:
+    """Read .nrrd/.nii(.gz)/.mha or a folder holding one DICOM series; refuse anything that is not 3D.
+
+    A DICOM folder holding several series needs `series_uid` to say which one; a DICOM series that is not CT is
+    refused unless `allow_non_ct` (the model knows CT in HU only).
+    """
     path = Path(path)
+    files: tuple[str, ...] = ()
+    if series_uid is not None and not path.is_dir():
+        raise InvalidImageError(f"A series UID ({series_uid}) chooses a series of a DICOM folder, but {path} is not "
+                                "a folder. Leave out --series-uid (series_uid=) for a file.")
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InvalidImageError(f"{path} holds no DICOM series. Point to the folder of one CT series.")
-            if len(series) > 1:
-                listed = ", ".join(f"{uid} ({len(reader.GetGDCMSeriesFileNames(str(path), uid))} files)"
-                                   for uid in series)
-                raise InvalidImageError(
-                    f"{path} holds {len(series)} DICOM series ({listed}); AmbiguousSAM will not guess which one "
-                    "is meant. Copy the CT series you want into a folder of its own and point to that folder."
-                )
-            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            files = series_files(path, series_uid)
             check_slice_positions(path, files)
+            check_modality(path, files[0], allow_non_ct)
+            reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
             image = reader.Execute()
         elif not path.is_file():
@@ -66,7 +68,43 @@ def read_volume(path: str | Path) -> Volume:
             f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s); "
             "AmbiguousSAM needs one 3D scalar volume (a whole CT series)."
         )
-    return Volume(sitk.GetArrayFromImage(image), image)
+    return Volume(sitk.GetArrayFromImage(image), image, files)
+
+
+def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, ...]:
+    """The files of the folder's one DICOM series, or of series `series_uid`, in slice order (GDCM's: along the
+    slice normal); cheap enough (headers only) to check a request before any model work."""
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InvalidImageError(f"{folder} holds no DICOM series. Point to the folder of one CT series.")
+    if series_uid is None and len(series) == 1:
+        return reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    listed = ", ".join(f"{uid} ({len(reader.GetGDCMSeriesFileNames(str(folder), uid))} files)" for uid in series)
+    if series_uid is None:
+        raise InvalidImageError(
+            f"{folder} holds {len(series)} DICOM series ({listed}); AmbiguousSAM will not guess which one is "
+            "meant. Choose one with --series-uid UID (series_uid= in Python), or copy the CT series you want into a "
+            "folder of its own and point to that folder."
+        )
+    if series_uid not in series:
+        raise InvalidImageError(f"{folder} holds no DICOM series {series_uid}; it holds {listed}. Copy one of these "
+                                "UIDs to --series-uid.")
+    return reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+
+
+def check_modality(folder: Path, file: str, allow_non_ct: bool) -> None:
+    """Refuse a DICOM series that is not CT (an MR or PET series has no Hounsfield units), unless allowed; its
+    Modality header says so before a voxel is read."""
+    import pydicom
+
+    modality = str(getattr(pydicom.dcmread(file, stop_before_pixels=True), "Modality", "") or "unknown")
+    if modality != "CT" and not allow_non_ct:
+        raise InvalidImageError(
+            f"The DICOM series in {folder} is {modality}, not CT. AmbiguousSAM's model was trained on CT in "
+            "Hounsfield units; choose the CT series, or pass --allow-non-ct (allow_non_ct=True in Python) to "
+            "segment it anyway."
+        )
 
 
 def check_slice_positions(folder: Path, files: tuple[str, ...]) -> None:

@@ -8,23 +8,14 @@ uncertainty on every lesion and the colour legend reads in nats.
 
 from __future__ import annotations
 
-import math
-
 import slicer
 
-#: Largest possible binary entropy in nats: every candidate split evenly.
-MAX_ENTROPY_NATS = math.log(2.0)
+# The stops and range live in the core, so the DICOM parametric map's palette shows the same colours.
+from AmbiguousSAMLib.heatmap_colours import INFERNO_STOPS, MAX_ENTROPY_NATS
 
 COLOR_NODE_NAME = "AmbiguousSAM uncertainty"
 #: Attribute that marks the node as this colour map, so it is found again rather than duplicated.
 COLOR_NODE_ATTRIBUTE = "AmbiguousSAM.ColorMap"
-
-#: matplotlib "inferno" sampled at 0, 1/8, ..., 1 (RGB in 0..1).
-INFERNO_STOPS = (
-    (0.001, 0.000, 0.014), (0.129, 0.047, 0.291), (0.342, 0.062, 0.429), (0.541, 0.135, 0.415),
-    (0.736, 0.216, 0.330), (0.894, 0.353, 0.194), (0.978, 0.558, 0.035), (0.975, 0.798, 0.206),
-    (0.988, 0.998, 0.645),
-)
 
 
 def uncertaintyColorNode(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLProceduralColorNode:
