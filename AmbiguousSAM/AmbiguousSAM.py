@@ -15,7 +15,8 @@ from slicer.util import VTKObservationMixin
 
 from AmbiguousSAMLogic import (BACKBONE_CHOICES, CANDIDATE_ROLE, DEVICE_CHOICES, HEAD_CHOICES,
                                UNCERTAINTY_ATTRIBUTE, AmbiguousSAMLogic, ModelSettings, SegmentationRun,
-                               acceptCandidate, adoptCandidateSet, installDependencies, missingPackages,
+                               acceptCandidate, adoptCandidateSet, candidateSetVolume, exportCandidateSetToDicom,
+                               installDependencies, installDicomExportDependencies, missingPackages,
                                overlayUncertainty, segmentIdsWithRole, setHeatmapColorNode, showCandidates,
                                userMessage)
 
@@ -177,6 +178,7 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.candidateSpinBox.connect("valueChanged(int)", self.onCandidateChosen)
         self.ui.showAllCandidatesButton.connect("toggled(bool)", self.onShowAllToggled)
         self.ui.acceptButton.connect("clicked(bool)", self.onAcceptButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
         self.ui.heatmapSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onHeatmapChanged)
         self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self.onHeatmapOpacityChanged)
         self.ui.heatmapColorSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onHeatmapColorChanged)
@@ -341,7 +343,8 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         isCandidateSet = segmentationNode is not None and adoptCandidateSet(segmentationNode)
         count = len(segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE)) if isCandidateSet else 0
         self.ui.candidateSpinBox.maximum = max(count, 1)
-        for widget in (self.ui.candidateSpinBox, self.ui.showAllCandidatesButton, self.ui.acceptButton):
+        for widget in (self.ui.candidateSpinBox, self.ui.showAllCandidatesButton, self.ui.acceptButton,
+                       self.ui.exportDicomButton):
             widget.enabled = count > 0
         if segmentationNode is not None and not isCandidateSet:
             self.ui.statusLabel.text = _("'{name}' holds no Ambiguous SAM candidates.").format(
@@ -382,6 +385,32 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetSegmentSelector.setCurrentSegmentID(segmentId)
         self.ui.statusLabel.text = _("Candidate {number} copied into '{name}'.").format(
             number=self.ui.candidateSpinBox.value, name=targetNode.GetName())
+
+    def onExportDicomButton(self) -> None:
+        """Write the chosen candidate set and its heatmap as DICOM objects referencing the CT's series, into a
+        folder the user picks (the folder dialog as Slicer's ExtensionWizard.py selectExtension asks for one)."""
+        segmentationNode = self.ui.candidatesSelector.currentNode()
+        heatmapNode = self.ui.heatmapSelector.currentNode()
+        volumeNode = candidateSetVolume(segmentationNode) or (self._parameterNode and self._parameterNode.inputVolume)
+        try:
+            if not installDicomExportDependencies(
+                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, _("Install Python packages"))):
+                return
+        except Exception as error:
+            self._showError(*userMessage(error))
+            return
+        folder = qt.QFileDialog.getExistingDirectory(self.parent.window(),
+                                                     _("Export to DICOM: choose an empty folder"))
+        if not folder:
+            return
+        try:
+            with slicer.util.WaitCursor():
+                exportCandidateSetToDicom(segmentationNode, heatmapNode, volumeNode, folder)
+        except Exception as error:
+            self._showError(*userMessage(error))
+            return
+        self.ui.statusLabel.text = _("'{name}' exported to DICOM in {folder}.").format(
+            name=segmentationNode.GetName(), folder=folder)
 
     def onHeatmapChanged(self, heatmapNode) -> None:
         if heatmapNode is None:

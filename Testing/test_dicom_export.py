@@ -375,6 +375,95 @@ def test_bad_dicom_input_exits_2_and_writes_nothing(tmp_path, capsys, problem, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input"], "neither output folder was created"
 
 
+def bad_dicom_folder(folder: Path, problem: str) -> Path:
+    """A copy of the slab that the reader refuses for `problem`, by its headers alone."""
+    if problem == "two series":
+        other = pydicom.uid.generate_uid()
+        return copy_of_slab(folder, lambda index, dataset: setattr(dataset, "SeriesInstanceUID", other)
+                            if index >= 10 else None)
+    if problem == "missing slice":
+        return copy_of_slab(folder, lambda index, dataset: False if index == 7 else None)
+    if problem == "repeated slice":  # a second copy of one slice, as a re-export into the same folder leaves it
+        copy_of_slab(folder)
+        dataset = pydicom.dcmread(sorted(folder.glob("*.dcm"))[3])
+        dataset.SOPInstanceUID = pydicom.uid.generate_uid()
+        dataset.save_as(folder / "copy-of-slice-3.dcm")
+        return folder
+    return copy_of_slab(folder, lambda index, dataset: setattr(dataset, "Modality", "MR"))
+
+
+#: Each DICOM folder the reader refuses, and the words it is refused with.
+BAD_DICOM_FOLDERS = {"two series": "holds 2 DICOM series", "missing slice": "is not evenly spaced",
+                     "repeated slice": "is not evenly spaced", "MR": "is MR, not CT"}
+
+
+@pytest.mark.parametrize("problem", BAD_DICOM_FOLDERS)
+def test_a_bad_dicom_folder_exits_2_before_the_model_module_is_imported(tmp_path, problem) -> None:
+    """Issue 17: these were refused only when the volume was read, after the model had loaded."""
+    if not SLAB.is_dir():
+        pytest.skip(f"no DICOM slab at {SLAB} (shared data, absent in a fresh clone)")
+    folder = bad_dicom_folder(tmp_path / "input", problem)
+    before = snapshot(tmp_path)
+    code, err, model_loaded = segment_in_fresh_process(
+        [str(folder), "--box", *BOX, "--slice", SLICE, "-o", str(tmp_path / "out")])
+    assert code == 2 and not model_loaded, err
+    assert BAD_DICOM_FOLDERS[problem] in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
+def test_every_batch_row_with_a_bad_dicom_folder_is_refused_before_the_model_module_is_imported(tmp_path) -> None:
+    if not SLAB.is_dir():
+        pytest.skip(f"no DICOM slab at {SLAB} (shared data, absent in a fresh clone)")
+    rows = []
+    for number, problem in enumerate(BAD_DICOM_FOLDERS):
+        bad_dicom_folder(tmp_path / f"input{number}", problem)
+        rows.append(f"input{number},out{number},{','.join(BOX)},{SLICE}")
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("input,out,i0,j0,i1,j1,slice\n" + "\n".join(rows) + "\n")
+    before = snapshot(tmp_path)
+    code, err, model_loaded = segment_in_fresh_process(["--batch", str(jobs)])
+    assert code == 2 and not model_loaded, err
+    for line, message in enumerate(BAD_DICOM_FOLDERS.values(), start=2):
+        assert any(text.startswith(f"{jobs}, line {line}: skipped:") and message in text
+                   for text in err.splitlines()), err
+    assert f"Every row of {jobs} was refused" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_batch_row_with_a_series_that_is_not_ct_is_accepted_with_allow_non_ct(tmp_path) -> None:
+    if not SLAB.is_dir():
+        pytest.skip(f"no DICOM slab at {SLAB} (shared data, absent in a fresh clone)")
+    from AmbiguousSAMLib.jobs import read_jobs
+
+    bad_dicom_folder(tmp_path / "mr", "MR")
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"input,out,i0,j0,i1,j1,slice\nmr,out,{','.join(BOX)},{SLICE}\n")
+    good, bad = read_jobs(jobs, samples=4, seed=0)
+    assert not good and "is MR, not CT" in bad[0][1] and bad[0][0] == 2
+    good, bad = read_jobs(jobs, samples=4, seed=0, allow_non_ct=True)
+    assert [job.input for job in good] == [tmp_path / "mr"] and not bad
+
+
+def test_the_dicom_checks_read_headers_only(slab, monkeypatch) -> None:
+    """The early check reads no voxel: every pydicom read stops before the pixels, and no image is assembled."""
+    from AmbiguousSAMLib.volume_io import check_dicom_series
+
+    real, reads = pydicom.dcmread, []
+
+    def spy(*args, **kwargs):
+        reads.append(kwargs.get("stop_before_pixels", False))
+        return real(*args, **kwargs)
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("a voxel was read")
+
+    monkeypatch.setattr(pydicom, "dcmread", spy)
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", no_voxels)
+    monkeypatch.setattr(sitk, "ReadImage", no_voxels)
+    assert check_dicom_series(SLAB) == tuple(slab.files)
+    assert reads and all(reads)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["{ct}", "--dicom-out", "{tmp}/dicom"], "--dicom-out needs a DICOM series as input"),
     (["{ct}", "--series-uid", "1.2.3"], "--series-uid chooses one series of a DICOM folder, but"),

@@ -166,14 +166,15 @@ def _tune_sampling(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .jobs import SegmentJob, check_dicom_options, check_input, check_outputs, read_jobs, run_job
+    from .jobs import (SegmentJob, check_dicom_input, check_dicom_options, check_input, check_outputs, read_jobs,
+                       run_job)
 
     bad_rows: list[tuple[int, str]] = []
     if args.batch:
         if args.series_uid is not None or args.dicom_out is not None:
             raise AmbiguousSAMError("--series-uid and --dicom-out go with one INPUT, not with --batch (each row has "
                                     "its own input and output).")
-        jobs, bad_rows = read_jobs(args.batch, args.samples, args.seed)
+        jobs, bad_rows = read_jobs(args.batch, args.samples, args.seed, args.allow_non_ct)
         for line, reason in bad_rows:
             print(f"{args.batch}, line {line}: skipped: {reason.rstrip('.')}.", file=sys.stderr)
         if not jobs:
@@ -203,6 +204,8 @@ def _segment(args: argparse.Namespace) -> None:
     ready, refused = check_outputs(jobs, args.overwrite)  # before the model loads: a wrong -o costs nothing
     if refused and len(jobs) == 1:
         raise refused[0][1]
+    if not args.batch:  # a DICOM folder's headers (a batch checks them row by row in read_jobs)
+        check_dicom_input(jobs[0], args.allow_non_ct)
     for job, error in refused:
         print(f"{job.input}: skipped: {error}", file=sys.stderr)
     if not ready:

@@ -83,23 +83,28 @@ def check_dicom_output(dicom_out: str | Path, source: str | Path, out: str | Pat
 
 
 def write_dicom_outputs(out: str | Path, result: LesionResult, source_datasets: Sequence[pydicom.Dataset],
-                        overwrite: bool = False, source: str | Path | None = None) -> Path:
+                        overwrite: bool = False, source: str | Path | None = None, probability: bool = True) -> Path:
     """Write the candidate SEG, the probability SEG, the uncertainty map and its colours into the folder `out`.
 
     `source_datasets` are the CT series the result was computed on (headers suffice), in any order: they are put
     in slice order along the slice normal, the k order of SimpleITK's and Slicer's DICOM readers, which must have
-    produced the result's (k, j, i) arrays. `source` (the input folder) is never written into.
+    produced the result's (k, j, i) arrays. `source` (the input folder) is never written into. `probability=False`
+    leaves the probability SEG out (and `result.mean_probability` unread): a candidate set in Slicer's scene holds
+    no mean probability (AmbiguousSAMLogic/dicomexport.py); an earlier probability SEG in `out` is then not ours
+    to replace, and is refused like any other file.
     """
     datasets = slice_order(source_datasets, result)
+    names = DICOM_FILES if probability else tuple(name for name in DICOM_FILES if name != PROBABILITY_FILE)
 
     def write(staging: Path) -> None:
         candidate_segmentation(result, datasets).save_as(staging / SEGMENTATION_FILE)
-        probability_segmentation(result, datasets).save_as(staging / PROBABILITY_FILE)
+        if probability:
+            probability_segmentation(result, datasets).save_as(staging / PROBABILITY_FILE)
         heatmap = uncertainty_map(result, datasets)
         heatmap.save_as(staging / UNCERTAINTY_FILE)
         uncertainty_colours(heatmap).save_as(staging / COLOURS_FILE)
 
-    return write_folder_atomically(out, DICOM_FILES, write, overwrite, source)
+    return write_folder_atomically(out, names, write, overwrite, source)
 
 
 def slice_order(datasets: Sequence[pydicom.Dataset], result: LesionResult) -> list[pydicom.Dataset]:

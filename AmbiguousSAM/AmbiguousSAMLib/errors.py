@@ -31,3 +31,17 @@ class ServerError(AmbiguousSAMError, RuntimeError):
 
 class InvalidSettingError(AmbiguousSAMError, ValueError):
     """A run setting (number of samples, seed, ...) is outside what AmbiguousSAM can honour."""
+
+
+class DicomSourceError(AmbiguousSAMError, ValueError):
+    """A DICOM export has no source series to reference: the volume was not loaded from DICOM, its files are not
+    found, or the files given are not the volume's images."""
+
+
+class CandidateSetError(AmbiguousSAMError, ValueError):
+    """A candidate set in the scene cannot be read back as one result (no candidates or consensus, missing scores,
+    a heatmap or volume on another grid)."""
+
+
+class OutputFolderError(AmbiguousSAMError):
+    """The folder chosen for an export cannot take it (a file, not empty, or holding the source images)."""

