@@ -99,3 +99,18 @@ def test_tune_sampling_writes_a_head_with_the_chosen_pair(evaluated, capsys) -> 
     assert chosen.startswith(f"| {head.prior_temperature:.2f} | {head.presence_offset:+.2f} *")
     tuning = torch.load(out, map_location="cpu", weights_only=True)["extra"]["sampling_tuning"]
     assert len(tuning["table"]) == 6 and tuning["slices"] == 3
+
+
+def test_half_scores_only_the_odd_slices_with_the_full_runs_samples(evaluated) -> None:
+    """--half odd reports a tuned head on the slices tune-sampling did not choose on: the same samples as the full
+    run gives on those slices (same seed per row), nothing else."""
+    out = evaluated / "odd.npz"
+    argv = ["evaluate", "--data", str(VAL), "--samples", "4", "--limit", "3", "--precision", "bf16", "--half", "odd",
+            "--cache", str(evaluated / "cache"), "--json", str(evaluated / "odd.json"), "--save-samples", str(out),
+            "--methods", "heads"]
+    assert main(argv) == 0
+    full, odd = np.load(evaluated / "samples.npz"), np.load(out)
+    np.testing.assert_array_equal(odd["index"], full["index"][1::2])
+    np.testing.assert_array_equal(odd["samples"], full["samples"][1::2])
+    summary = json.loads((evaluated / "odd.json").read_text())
+    assert summary["slices"] == 1 and summary["half"] == "odd"

@@ -102,12 +102,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     samplers = [*heads, *(baseline(backbone) for baseline in BASELINES if baseline.name in methods)]
     index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
                               limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,
-                              progress=_progress("evaluate"))
+                              progress=_progress("evaluate"), half=args.half)
     table, by_raters = format_table(results, args.samples), format_rater_table(results)
     print(table, by_raters, sep="\n\n")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "data": str(args.data), "samples": args.samples, "seed": args.seed, "slices": int(len(index)),
+            "half": args.half,
             "backbone": backbone.spec.name, "precision": args.precision,
             "methods": {r.name: {**r.summary(), "by_raters_marked": by_rater_count(r)} for r in results},
             "table": table, "by_raters_marked": by_raters}, indent=2))
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "deterministic, box_jitter, sam_multimask, mc_dropout "
                                                        "(default: all)")
     evaluate.add_argument("--reliability", help="write the reliability diagram (PNG) of every method here")
+    evaluate.add_argument("--half", choices=("even", "odd"), help="score only the even or the odd protocol slices "
+                          "(tune-sampling chooses on the even ones: report a tuned head on the odd ones)")
     _add_model_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
     tune = commands.add_parser("tune-sampling", help="choose the prior's temperature and the presence gate's "

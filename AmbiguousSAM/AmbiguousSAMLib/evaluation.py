@@ -54,8 +54,15 @@ def evaluation_rows(masks: np.ndarray, limit: int | None) -> np.ndarray:
 
 def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, samples: int = 16, seed: int = 0,
              limit: int | None = None, cache: str | Path | None = None, keep_samples: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[MethodResult]]:
-    """Run every sampler on every protocol slice of `data`; return the rows used and one result per method."""
+             progress: Callable[[int, int], None] | None = None,
+             half: str | None = None) -> tuple[np.ndarray, list[MethodResult]]:
+    """Run every sampler on every protocol slice of `data`; return the rows used and one result per method.
+
+    `half` "even" or "odd" scores only every other protocol slice (the 0th, 2nd, ... or the 1st, 3rd, ...), the
+    halves `tune-sampling` chooses on and checks on, so a tuned head is reported on slices it was not tuned on.
+    """
+    if half not in (None, "even", "odd"):
+        raise InvalidSettingError(f"half must be 'even' or 'odd', not {half!r}.")
     with open_crop_file(data) as file:
         rows = evaluation_rows(file["masks"], limit)
     crops = load_crops(data, rows)
@@ -66,7 +73,9 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
         embeddings = store.embeddings()
     results = [MethodResult(s.name) for s in samplers]
     frame = ModelFrame.for_image(crops.images.shape[1:], predictor.backbone.image_size)
-    for n, (image, raters) in enumerate(zip(crops.images, crops.masks)):
+    scored = range(len(rows)) if half is None else range(0 if half == "even" else 1, len(rows), 2)
+    for done, n in enumerate(scored):
+        image, raters = crops.images[n], crops.masks[n]
         model_input = predictor.prepare(image)[0].to(predictor.device)
         if embeddings is not None:
             embedding = torch.from_numpy(np.asarray(embeddings[n], dtype=np.float32))[None].to(predictor.device)
@@ -86,8 +95,8 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
             if keep_samples:
                 result.samples.append(binary)
         if progress is not None:
-            progress(n + 1, len(rows))
-    return crops.index, results
+            progress(done + 1, len(scored))
+    return crops.index[list(scored)], results
 
 
 def format_table(results: list[MethodResult], samples: int) -> str:
