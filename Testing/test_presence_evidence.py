@@ -9,7 +9,7 @@ import torch
 from AmbiguousSAMLib.cli import main
 from AmbiguousSAMLib.crops import nested_order, rows_with_raters
 from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
-from AmbiguousSAMLib.heads.presence import EVIDENCE, appearance_features
+from AmbiguousSAMLib.heads.presence import EVIDENCE, _dilate, appearance_features
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.modeling.backbone import build_backbone
 from AmbiguousSAMLib.predictor import Predictor
@@ -37,6 +37,13 @@ def test_nested_order_makes_every_prefix_an_evenly_spread_subset() -> None:
     assert sorted(order.tolist()) == rows.tolist()
     np.testing.assert_array_equal(order[:10], rows[::4])
     np.testing.assert_array_equal(np.sort(order[:20]), rows[::2])
+
+
+def test_separable_dilation_equals_the_square_one() -> None:
+    masks = (torch.rand((3, 64, 64), generator=torch.Generator().manual_seed(2)) > 0.97).float()
+    for radius in (1, 4, 12):
+        square = torch.nn.functional.max_pool2d(masks[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+        assert torch.equal(_dilate(masks, radius), square)
 
 
 def test_appearance_reads_margin_contrast_density_and_edge() -> None:

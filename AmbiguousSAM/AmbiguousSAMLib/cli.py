@@ -99,6 +99,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     backbone = predictor.backbone
     heads = [load_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])] \
         if "heads" in methods else []
+    if len(heads) > 1:  # one row per file: the head's kind alone would name every row alike
+        for head, path in zip(heads, args.head):
+            head.name = f"{head.name} ({Path(path).name})"
     samplers = [*heads, *(baseline(backbone) for baseline in BASELINES if baseline.name in methods)]
     index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
                               limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,

@@ -43,7 +43,7 @@ def main() -> None:
     reference = encode + one
     rows = []
     for sampler in samplers:
-        seconds = median_seconds(lambda: sampler.sample(embedding, box, args.samples, 0))
+        seconds = median_seconds(lambda: sampler.sample(embedding, box, args.samples, 0, image=model_input))
         rows.append([sampler.name, f"{seconds * 1000:.0f}", f"{(encode + seconds) * 1000:.0f}",
                      f"{(encode + seconds) / reference:.2f}x"])
     print(f"device {predictor.device}, {args.precision}, {args.threads} threads; encoder {encode * 1000:.0f} ms, "
