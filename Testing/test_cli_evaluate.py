@@ -11,7 +11,7 @@ import torch
 
 from AmbiguousSAMLib import metrics
 from AmbiguousSAMLib.cli import main
-from AmbiguousSAMLib.evaluation import evaluation_rows
+from AmbiguousSAMLib.evaluation import evaluation_rows, lesion_contrast
 from AmbiguousSAMLib.heads.checkpoint import load_head
 from AmbiguousSAMLib.modeling.backbone import build_backbone
 
@@ -114,3 +114,18 @@ def test_half_scores_only_the_odd_slices_with_the_full_runs_samples(evaluated) -
     np.testing.assert_array_equal(odd["samples"], full["samples"][1::2])
     summary = json.loads((evaluated / "odd.json").read_text())
     assert summary["slices"] == 1 and summary["half"] == "odd"
+
+
+def test_lesion_contrast_ranks_solid_above_faint_and_the_breakdown_covers_every_slice(evaluated) -> None:
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 64
+    raters = np.stack([disc, disc, np.zeros_like(disc), disc])
+    background = np.random.default_rng(0).uniform(20, 40, size=(64, 64))
+    faint, solid = background + 15 * disc, background + 150 * disc
+    faint[0, 0] = solid[0, 0] = 255  # one bright pixel (a rib) moves neither
+    assert lesion_contrast(solid, raters) > 2 * lesion_contrast(faint, raters) > 0
+    summary = json.loads((evaluated / "val.json").read_text())
+    for scores in summary["methods"].values():
+        thirds = scores["by_contrast"]
+        assert list(thirds) == ["faint", "middle", "high"] and sum(t["slices"] for t in thirds.values()) == 3
+    assert summary["by_contrast"].startswith("| method | faint: GED")

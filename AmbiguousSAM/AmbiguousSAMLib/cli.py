@@ -82,7 +82,8 @@ def _fit_gate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import by_rater_count, evaluate, format_rater_table, format_table, save_samples
+    from .evaluation import (by_contrast, by_rater_count, evaluate, format_contrast_table, format_rater_table,
+                             format_table, save_samples)
     from .heads.baselines import BASELINES
     from .heads.checkpoint import DEFAULT_HEAD, load_head
     from .predictor import Predictor
@@ -106,15 +107,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
                               limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,
                               progress=_progress("evaluate"), half=args.half)
-    table, by_raters = format_table(results, args.samples), format_rater_table(results)
-    print(table, by_raters, sep="\n\n")
+    table, by_raters, contrast = format_table(results, args.samples), format_rater_table(results), \
+        format_contrast_table(results)
+    print(table, by_raters, contrast, sep="\n\n")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "data": str(args.data), "samples": args.samples, "seed": args.seed, "slices": int(len(index)),
             "half": args.half,
             "backbone": backbone.spec.name, "precision": args.precision,
-            "methods": {r.name: {**r.summary(), "by_raters_marked": by_rater_count(r)} for r in results},
-            "table": table, "by_raters_marked": by_raters}, indent=2))
+            "methods": {r.name: {**r.summary(), "by_raters_marked": by_rater_count(r), "by_contrast": by_contrast(r)}
+                        for r in results},
+            "table": table, "by_raters_marked": by_raters, "by_contrast": contrast}, indent=2))
     if args.save_samples:
         save_samples(args.save_samples, index, results)
     if args.reliability:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from . import metrics
 from .crops import load_crops, open_crop_file, rows_with_raters
@@ -34,10 +35,22 @@ class MethodResult:
     #: Per slice: how many raters marked it (1-4), and the share of this method's samples that are non-empty.
     raters_marked: list[int] = field(default_factory=list)
     nonempty_share: list[float] = field(default_factory=list)
+    #: Per slice: the lesion's margin contrast (lesion_contrast), the same for every method.
+    contrast: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {**metrics.aggregate(self.per_slice), "ece": self.calibration.value(),
                 "decode_ms_median": 1000 * float(np.median(self.decode_seconds))}
+
+
+def lesion_contrast(image: np.ndarray, raters: np.ndarray) -> float:
+    """Mean intensity inside the raters' union minus that of a 3-pixel ring around it, in units of the crop's
+    5th-95th percentile range: low for ground-glass and faint nodules, high for solid ones. A crop's min-max
+    scaling (one bright rib) does not move it, so it ranks lesions across crops."""
+    union = raters.any(axis=0)
+    ring = ndimage.binary_dilation(union, iterations=3) & ~union
+    low, high = np.percentile(image, [5, 95])
+    return float((image[union].mean() - image[ring].mean()) / max(float(high - low), 1.0))
 
 
 def evaluation_rows(masks: np.ndarray, limit: int | None) -> np.ndarray:
@@ -82,6 +95,7 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
         else:
             embedding = predictor.encode(model_input)
         box_t = torch.from_numpy(frame.box_to_model(metrics.protocol_box(raters)))[None].to(predictor.device)
+        contrast = lesion_contrast(image.astype(np.float64), raters)
         for sampler, result in zip(samplers, results):
             start = time.perf_counter()
             drawn = sampler.sample(embedding, box_t, samples, seed + int(crops.index[n]), image=model_input)
@@ -92,6 +106,7 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
             result.calibration.add(probs.mean(axis=0), metrics.rater_frequency(raters))
             result.raters_marked.append(int(raters.reshape(len(raters), -1).any(axis=1).sum()))
             result.nonempty_share.append(float(binary.reshape(len(binary), -1).any(axis=1).mean()))
+            result.contrast.append(contrast)
             if keep_samples:
                 result.samples.append(binary)
         if progress is not None:
@@ -134,6 +149,32 @@ def format_rater_table(results: list[MethodResult]) -> str:
         lines.append(f"| {result.name} | " + " | ".join(cells) + " |")
     slices = by_rater_count(results[0])
     lines.append("| slices | " + " | ".join(str(slices[n]["slices"]) if n in slices else "0" for n in counts) + " |")
+    return "\n".join(lines)
+
+
+def by_contrast(result: MethodResult) -> dict[str, dict[str, float | None]]:
+    """GED and rater counts on the faint, middle and high thirds of the slices by lesion contrast (tertiles of
+    these slices): where ground-glass and part-solid nodules land."""
+    contrast = np.array(result.contrast)
+    edges = np.quantile(contrast, [1 / 3, 2 / 3])
+    group = np.digitize(contrast, edges)
+    geds = np.array([scores["ged"] for scores in result.per_slice])
+    raters = np.array(result.raters_marked)
+    return {name: {"slices": int((group == g).sum()), "contrast_below": float(edges[g]) if g < 2 else None,
+                   "ged": float(geds[group == g].mean()) if (group == g).any() else math.nan,
+                   "mean_raters": float(raters[group == g].mean()) if (group == g).any() else math.nan}
+            for g, name in enumerate(("faint", "middle", "high"))}
+
+
+def format_contrast_table(results: list[MethodResult]) -> str:
+    """One row per method: GED on the faint / middle / high-contrast thirds of the slices."""
+    lines = ["| method | faint: GED | middle: GED | high contrast: GED |", "|---|---|---|---|"]
+    for result in results:
+        table = by_contrast(result)
+        lines.append(f"| {result.name} | " + " | ".join(f"{table[n]['ged']:.3f}" for n in ("faint", "middle", "high")) + " |")
+    table = by_contrast(results[0])
+    lines.append("| slices (mean raters who marked) | " + " | ".join(
+        f"{table[n]['slices']} ({table[n]['mean_raters']:.2f})" for n in ("faint", "middle", "high")) + " |")
     return "\n".join(lines)
 
 
