@@ -27,6 +27,23 @@ from AmbiguousSAMLib.lesion import LesionResult  # noqa: E402  (needs MODULE_DIR
 #: Real LIDC-IDRI data, kept outside the repository (see shared/data/README.md); absent in a user's fresh clone.
 SHARED_DATA = REPOSITORY.parent / "shared" / "data"
 LIDC_DEMO_CT = SHARED_DATA / "lidc-volumes" / "LIDC-IDRI-0001" / "ct.nrrd"
+LIDC_VAL_CROPS = SHARED_DATA / "lidc-crops" / "val.npz"
+
+
+def val_embedding_cache(folder: Path, count: int):
+    """An embedding cache of the first `count` marked validation crops (shifted by up to 4 px, as training
+    shifts them), for tests of training and gate fitting; skips where the shared data is absent."""
+    if not LIDC_VAL_CROPS.is_file():
+        pytest.skip(f"LIDC crops are not at {LIDC_VAL_CROPS} (shared data absent in this checkout)")
+    from AmbiguousSAMLib.crops import rows_with_raters
+    from AmbiguousSAMLib.predictor import Predictor
+    from AmbiguousSAMLib.training.embedding_cache import EmbeddingCache
+
+    with np.load(LIDC_VAL_CROPS) as data:
+        rows = rows_with_raters(data["masks"])[:count]
+    cache = EmbeddingCache(folder)
+    cache.build(LIDC_VAL_CROPS, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
+    return cache
 
 #: An oblique, anisotropic grid like a tilted-gantry CT: axes rotated 30 degrees about S and then 15 degrees
 #: about R, 0.7 x 0.9 x 2.5 mm voxels, so every RAS <-> IJK mistake (axis order, transposition, spacing) shows.

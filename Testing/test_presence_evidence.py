@@ -7,18 +7,16 @@ import pytest
 import torch
 
 from AmbiguousSAMLib.cli import main
-from AmbiguousSAMLib.crops import nested_order, rows_with_raters
+from AmbiguousSAMLib.crops import nested_order
 from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
 from AmbiguousSAMLib.heads.presence import EVIDENCE, _dilate, appearance_features
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.modeling.backbone import build_backbone
-from AmbiguousSAMLib.predictor import Predictor
 from AmbiguousSAMLib.training.embedding_cache import EmbeddingCache
 from AmbiguousSAMLib.training.losses import set_energy_loss
 
-from conftest import SHARED_DATA
+from conftest import val_embedding_cache
 
-VAL = SHARED_DATA / "lidc-crops" / "val.npz"
 SIZE = 256
 
 
@@ -96,13 +94,7 @@ def test_the_set_loss_prefers_samples_spread_like_the_raters() -> None:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> EmbeddingCache:
-    if not VAL.is_file():
-        pytest.skip(f"LIDC crops are not at {VAL} (shared data absent in this checkout)")
-    with np.load(VAL) as data:
-        rows = rows_with_raters(data["masks"])[:8]
-    cache = EmbeddingCache(tmp_path_factory.mktemp("cache"))
-    cache.build(VAL, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
-    return cache
+    return val_embedding_cache(tmp_path_factory.mktemp("cache"), 8)
 
 
 def test_fit_gate_refits_only_the_gate_and_never_overwrites_its_input(cache, tmp_path, capsys) -> None:

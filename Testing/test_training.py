@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from AmbiguousSAMLib.crops import rows_with_raters
 from AmbiguousSAMLib.heads.checkpoint import load_head
 from AmbiguousSAMLib.predictor import Predictor
 from AmbiguousSAMLib.training.batches import make_batch, union_box
@@ -19,9 +18,8 @@ from AmbiguousSAMLib.training.losses import probabilistic_sam_loss, soft_dice_lo
 from AmbiguousSAMLib.training.presence_fit import fit_presence_gate
 from AmbiguousSAMLib.training.trainer import TrainConfig, train
 
-from conftest import SHARED_DATA
+from conftest import val_embedding_cache
 
-VAL = SHARED_DATA / "lidc-crops" / "val.npz"
 
 
 def test_shift_moves_content_and_repeats_the_border() -> None:
@@ -75,14 +73,8 @@ def test_presence_gate_fit_separates_marked_from_unmarked_and_folds_the_scaling(
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    if not VAL.is_file():
-        pytest.skip(f"LIDC crops are not at {VAL} (shared data absent in this checkout)")
-    with np.load(VAL) as data:
-        rows = rows_with_raters(data["masks"])[:6]
-    cache = EmbeddingCache(tmp_path_factory.mktemp("cache"))
-    cache.build(VAL, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
-    return cache
+def tiny_cache(tmp_path_factory) -> EmbeddingCache:
+    return val_embedding_cache(tmp_path_factory.mktemp("cache"), 6)
 
 
 def test_cache_is_complete_resumable_and_fp16(tiny_cache: EmbeddingCache) -> None:
