@@ -117,7 +117,9 @@ def test_a_second_click_reuses_the_process_and_its_embeddings(mrml_scene, lidc_c
     client = session.connectedClient()
     encodedBefore = client.health()["encoded_crops"]
 
-    logic.process(lidc_ct_node, noduleCorners(lidc_ct_node), samples=SAMPLES, seed=1)
+    # The same click again (another seed may follow the lesion a slice further and encode that slice; the server's
+    # tests count such slices): the server process and its embedding cache serve it without encoding anything.
+    logic.process(lidc_ct_node, noduleCorners(lidc_ct_node), samples=SAMPLES, seed=0)
     assert session.process is process and process.alive(), "no second server process"
     assert client.health()["encoded_crops"] == encodedBefore, "the same CT and box are not encoded again"
 
