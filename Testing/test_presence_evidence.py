@@ -53,6 +53,8 @@ def test_appearance_reads_margin_contrast_density_and_edge() -> None:
     assert strong[0] > weak[0]  # density inside
     assert strong[6] > weak[6]  # edge sharpness on the boundary
     assert strong[7] == pytest.approx(weak[7]) and float(strong[7]) == pytest.approx(np.log(np.pi * 400) / 5, rel=0.02)
+    # The grey channel alone (what the segmenter's cache keeps) reads the same as the three-channel input.
+    torch.testing.assert_close(appearance_features(logits, box, solid[:, :1], SIZE)[0], strong)
     # One bright outlier pixel far from the lesion moves the percentile-relative numbers by little.
     spiked = solid.clone()
     spiked[..., 5, 5] = 1.0

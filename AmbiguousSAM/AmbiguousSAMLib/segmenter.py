@@ -121,14 +121,15 @@ class LesionSegmenter:
         self._embeddings.clear()
 
     def encoded(self, crop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's output for one crop and the model input it read (appearance gates read that too), from
+        """The encoder's output for one crop and the grey channel (1, 1, S, S) of the model input it read
+        (appearance gates read that too; the input's three channels are copies of it, so a third is kept), from
         the cache when exactly these pixels were encoded before."""
         key = content_key(crop)
         if key in self._embeddings:
             self._embeddings.move_to_end(key)
             return self._embeddings[key]
         model_input, _ = self.predictor.prepare(crop)
-        self._embeddings[key] = (self.predictor.encode(model_input), model_input.to(self.predictor.device))
+        self._embeddings[key] = (self.predictor.encode(model_input), model_input[:, :1].to(self.predictor.device))
         self.encoded_crops += 1
         if len(self._embeddings) > self._cache_size:
             self._embeddings.popitem(last=False)

@@ -67,7 +67,8 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def appearance_features(logits: torch.Tensor, boxes: torch.Tensor, images: torch.Tensor, image_size: int) -> torch.Tensor:
     """z-free logits (B, S, S), boxes (B, 4) in the model frame of `image_size` and the model's input images
-    (B, 3, image_size, image_size) in [0, 1] -> (B, 9) features, read at the logits' resolution S.
+    (B, 3 or 1, image_size, image_size) in [0, 1] (the first, grey channel is read) -> (B, 9) features, read at
+    the logits' resolution S.
 
     The mask is the z-free outline inside the box; its ring is the 4 pixels outside it (about 2 pixels of a
     128-pixel crop), the outer ring the 12 beyond that. Intensities are read relative to the image's own 5th

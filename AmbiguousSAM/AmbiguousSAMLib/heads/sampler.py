@@ -26,7 +26,8 @@ class Sampler(Protocol):
     def sample(self, embedding: torch.Tensor, box: torch.Tensor, k: int, seed: int,
                image: torch.Tensor | None = None) -> Samples:
         """`embedding` (1, 256, 64, 64), `box` (1, 4) in the model frame (x0, y0, x1, y1), `image` the model input
-        (1, 3, S, S) the embedding was computed from: samplers that read appearance need it, others ignore it."""
+        (1, 3, S, S) the embedding was computed from, or its first channel alone (1, 1, S, S; the three are grey
+        copies): samplers that read appearance need it, others ignore it."""
         ...
 
 
