@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 from .errors import AmbiguousSAMError
+from .limits import RUNTIMES
 
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    summary = run_demo(args.out, device=args.device, precision=args.precision, samples=args.samples, seed=args.seed)
+    summary = run_demo(args.out, device=args.device, precision=args.precision, samples=args.samples, seed=args.seed,
+                       runtime=args.runtime)
     volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
     print(f"{summary['input']}: {len(summary['candidates'])} candidates ({volumes} mm^3) on slices "
           f"{min(summary['slices'])}-{max(summary['slices'])} in {summary['seconds']:.1f} s")
@@ -31,7 +33,7 @@ def _train(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, runtime=args.runtime)
     with open_crop_file(args.data) as data:
         rows = nested_order(rows_with_raters(data["masks"])[:: args.every])
     cache = EmbeddingCache(args.cache)
@@ -68,7 +70,7 @@ def _fit_gate(args: argparse.Namespace) -> None:
                                 f"give 0 <= START < STOP <= {done} (the cache is built by 'ambiguous-sam train').")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, runtime=args.runtime)
     head, bce = refit_gate(predictor.backbone, str(head_path), cache, np.arange(start, stop), args.evidence,
                            seed=args.seed)
     payload = torch.load(head_path, map_location="cpu", weights_only=True)
@@ -96,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                                 f"{', '.join(known)} ('heads' are the --head files).")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, runtime=args.runtime)
     backbone = predictor.backbone
     heads = [load_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])] \
         if "heads" in methods else []
@@ -144,7 +146,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
                                 "(the input is never overwritten).")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, runtime=args.runtime)
     head = load_head(predictor.backbone, head_path).to(predictor.device)
     with open_crop_file(args.data) as file:
         rows = evaluation_rows(file["masks"], args.limit)
@@ -225,7 +227,7 @@ def _segment(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     segmenter = LesionSegmenter(backbone=args.backbone, head=args.head, checkpoint=args.checkpoint,
-                                device=args.device, precision=args.precision)
+                                device=args.device, precision=args.precision, runtime=args.runtime)
     failures = len(refused) + len(bad_rows)
     for job in tqdm(ready, desc="segment", disable=len(jobs) == 1):
         try:
@@ -253,7 +255,8 @@ def _serve(args: argparse.Namespace) -> None:
     serve(ServeOptions(host=args.host, port=args.port, token_file=args.token_file, certfile=args.certfile,
                        keyfile=args.keyfile, max_request_mb=args.max_request_mb, ready_file=args.ready_file,
                        exit_with_stdin=args.exit_with_stdin, backbone=args.backbone, head=args.head,
-                       checkpoint=args.checkpoint, device=args.device, precision=args.precision))
+                       checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                       runtime=args.runtime))
 
 
 def _progress(label: str):
@@ -277,6 +280,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="local weights file for a SAM/MedSAM backbone")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="encoder engine: auto (default: OpenVINO on a CPU, PyTorch on CUDA), torch or openvino")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
 
 
@@ -289,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--device", default=None)
     demo.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    demo.add_argument("--runtime", default="auto", choices=RUNTIMES)
     demo.add_argument("--samples", type=int, default=16)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)

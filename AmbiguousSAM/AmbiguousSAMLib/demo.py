@@ -53,7 +53,7 @@ def demo_case() -> DemoCase:
 
 
 def run_demo(out: str | Path, device: str | None = None, precision: str = "bf16", samples: int = 16,
-             seed: int = 0) -> dict:
+             seed: int = 0, runtime: str = "auto") -> dict:
     """Segment the demo lesion from one box: K candidates, consensus and heatmap files plus a PNG montage.
 
     A demo run replaces the previous demo's files in `out`, and nothing else: a folder holding other files is
@@ -71,7 +71,7 @@ def run_demo(out: str | Path, device: str | None = None, precision: str = "bf16"
     image.SetSpacing(case.spacing)
     if case.name == "LIDC-IDRI-0001":
         image = sitk.ReadImage(case.source)  # keep the file's origin and direction
-    segmenter = LesionSegmenter(device=device, precision=precision)
+    segmenter = LesionSegmenter(device=device, precision=precision, runtime=runtime)
     result = segmenter.segment(case.volume, case.box, case.slice_k, case.spacing, samples=samples, seed=seed)
     write_outputs(out, result, case.volume, image, case.source, overwrite=True)
     return json.loads((Path(out) / "summary.json").read_text())

@@ -71,3 +71,13 @@ def check_threads(threads: int) -> int:
         raise InvalidSettingError(f"--threads must be 0 (PyTorch's default) or 1 to {cores} (this machine's "
                                   f"cores); got {threads!r}.")
     return threads
+
+
+#: Engines the image encoder can run on (encoder_runtime.py); "auto" is OpenVINO on a CPU, PyTorch on CUDA.
+RUNTIMES = ("auto", "torch", "openvino")
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise InvalidSettingError(f"Unknown encoder runtime '{runtime}'. Choose one of {', '.join(RUNTIMES)}.")
+    return runtime

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from .device import autocast, check_precision, is_cuda_oom, resolve_device
+from .encoder_runtime import Encoder, build_encoder
 from .errors import AmbiguousSAMError
 from .heads.checkpoint import load_head
 from .heads.sampler import Sampler
-from .limits import check_samples, check_seed
+from .limits import check_runtime, check_samples, check_seed
 from .modeling.backbone import Backbone, build_backbone
 from .preprocessing import LUNG_WINDOW, ModelFrame, model_input, validate_box
 
@@ -49,13 +50,15 @@ class Predictor:
     """A backbone on a device, with the last image's embedding cached.
 
     `window` is applied to non-uint8 input (CT in HU) before min-max scaling; uint8 input (PNG, the LIDC crops)
-    is only min-max scaled. Pass `window=None` to min-max any input as it is.
+    is only min-max scaled. Pass `window=None` to min-max any input as it is. `runtime` chooses the engine
+    of the encoder (encoder_runtime.py): "auto" is OpenVINO on a CPU and PyTorch on CUDA.
     """
 
     def __init__(self, backbone: Backbone | str = "litemedsam", checkpoint: str | Path | None = None,
                  device: str | torch.device | None = None, precision: str = "fp32",
-                 window: tuple[float, float] | None = LUNG_WINDOW) -> None:
+                 window: tuple[float, float] | None = LUNG_WINDOW, runtime: str = "auto") -> None:
         check_precision(precision)
+        self.runtime = check_runtime(runtime)
         self.backbone = build_backbone(backbone, checkpoint) if isinstance(backbone, str) else backbone
         self.device = resolve_device(device)
         self.backbone.to(self.device)
@@ -67,6 +70,8 @@ class Predictor:
         self.geometry: ModelFrame | None = None
         #: The ambiguity head `sample` uses; loaded from the shipped checkpoint on first use.
         self.head: Sampler | None = None
+        #: The encoder per device, built on first use (an OpenVINO conversion takes a while, once per machine).
+        self._encoders: dict[torch.device, Encoder] = {}
 
     def to(self, device: str | torch.device) -> "Predictor":
         """Move the model (and cached embedding) to another device."""
@@ -94,10 +99,17 @@ class Predictor:
             self.to("cpu")
             return self._encode_on(self.device, model_input)
 
+    def encoder(self, device: torch.device | None = None) -> Encoder:
+        """The encoder that runs on `device` (this predictor's by default), built the first time it is needed."""
+        device = self.device if device is None else device
+        if device not in self._encoders:
+            self._encoders[device] = build_encoder(backbone=self.backbone, device=device, precision=self.precision,
+                                                   runtime=self.runtime)
+        return self._encoders[device]
+
     @torch.no_grad()
     def _encode_on(self, device: torch.device, model_input: torch.Tensor) -> torch.Tensor:
-        with autocast(device, self.precision):
-            return self.backbone.encode(model_input.to(device)).float()
+        return self.encoder(device)(model_input.to(device))
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode one 2D slice (rows, cols) and keep its embedding for the following prompts."""

