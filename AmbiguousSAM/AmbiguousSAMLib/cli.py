@@ -1,4 +1,5 @@
-"""`ambiguous-sam`: the command line of the core (demo, train, fit-gate, tune-sampling, evaluate, segment, serve)."""
+"""`ambiguous-sam`: the command line of the core (demo, train, fit-gate, tune-sampling, train-scorer, evaluate, segment,
+serve)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def _train(args: argparse.Namespace) -> None:
     from .crops import nested_order, open_crop_file, rows_with_raters
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
+    from .training.seqsam_trainer import SeqSAMTrainConfig, train_seqsam
     from .training.trainer import TrainConfig, train
 
     torch.set_num_threads(args.threads) if args.threads else None
@@ -41,11 +43,17 @@ def _train(args: argparse.Namespace) -> None:
     if cache.meta().get("done", 0) < wanted or cache.meta()["settings"]["rows"] != len(rows):
         print(f"encoding {wanted} of {len(rows)} crops into {args.cache} (once; resumable)", file=sys.stderr)
         cache.build(args.data, rows, predictor, progress=_progress("encode"), limit=args.encode_limit)
-    config = TrainConfig(injection=args.injection, latent_dim=args.latent_dim, beta=args.beta,
-                         batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed,
-                         set_weight=args.set_weight, set_samples=args.set_samples,
-                         device=str(predictor.device), init=args.init)
-    path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after, rows=wanted)
+    # Unset numbers take the chosen head's defaults: the two heads train at very different batch sizes and rates.
+    given = {name: getattr(args, name) for name in ("batch_size", "steps", "lr") if getattr(args, name) is not None}
+    if args.head == "seqsam":
+        config = SeqSAMTrainConfig(train_length=args.train_length, empty_raters=args.empty_raters, seed=args.seed,
+                                   device=str(predictor.device), precision=args.precision, **given)
+        path = train_seqsam(cache, predictor.backbone, config, args.out, stop_after=args.stop_after, rows=wanted)
+    else:
+        config = TrainConfig(injection=args.injection, latent_dim=args.latent_dim, beta=args.beta, seed=args.seed,
+                             set_weight=args.set_weight, set_samples=args.set_samples,
+                             device=str(predictor.device), init=args.init, **given)
+        path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after, rows=wanted)
     print(f"wrote {path}" if path else f"stopped after {args.stop_after} steps; run the same command to continue")
 
 
@@ -87,9 +95,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import (by_contrast, by_rater_count, evaluate, format_contrast_table, format_rater_table,
                              format_table, save_samples)
     from .heads.baselines import BASELINES
-    from .heads.checkpoint import DEFAULT_HEAD, load_head
+    from .heads.checkpoint import DEFAULT_HEAD, load_any_head
+    from .heads.seqsam import SeqSAM
+    from .heads.seqsam_lengths import length_rows
     from .predictor import Predictor
 
+    if any(not 1 <= m <= 256 for m in args.seqsam_lengths):
+        raise AmbiguousSAMError(f"--seqsam-lengths takes numbers of masks from 1 to 256; got "
+                                f"{' '.join(map(str, args.seqsam_lengths))}.")
     known = ("heads", *(baseline.name for baseline in BASELINES))
     methods = args.methods or list(known)
     unknown = [name for name in methods if name not in known]
@@ -100,12 +113,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision, runtime=args.runtime)
     backbone = predictor.backbone
-    heads = [load_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])] \
+    heads = [load_any_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])] \
         if "heads" in methods else []
-    if len(heads) > 1:  # one row per file: the head's kind alone would name every row alike
-        for head, path in zip(heads, args.head):
-            head.name = f"{head.name} ({Path(path).name})"
-    samplers = [*heads, *(baseline(backbone) for baseline in BASELINES if baseline.name in methods)]
+    labels = [f" ({Path(path).name})" if len(heads) > 1 else "" for path in (args.head or [DEFAULT_HEAD])]
+    rows = []
+    for head, label in zip(heads, labels):  # one row per file: the head's kind alone would name every row alike
+        if isinstance(head, SeqSAM):  # deterministic: one row per sequence length instead of per seed
+            rows += length_rows(head, args.seqsam_lengths, label)
+        else:
+            head.name += label
+            rows.append(head)
+    samplers = [*rows, *(baseline(backbone) for baseline in BASELINES if baseline.name in methods)]
     index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
                               limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,
                               progress=_progress("evaluate"), half=args.half)
@@ -170,6 +188,43 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
     print(f"temperature {best['temperature']:.2f}, offset {best['offset']:+.2f} (lowest GED on the even slices); "
           f"wrote {args.out}")
+
+
+def _train_scorer(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from .heads.checkpoint import DEFAULT_HEAD
+    from .heads.scorer_checkpoint import save_scorer
+    from .predictor import Predictor
+    from .training.embedding_cache import EmbeddingCache
+    from .training.scorer_fit import fit_scorer
+    from .training.scorer_targets import training_examples
+
+    cache = EmbeddingCache(args.cache)
+    if not cache.meta():
+        raise AmbiguousSAMError(f"{args.cache} holds no embedding cache; build one with 'ambiguous-sam train' "
+                                "(its --cache) first.")
+    torch.set_num_threads(args.threads) if args.threads else None
+    predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
+                          precision=args.precision, runtime=args.runtime)
+    rows = cache.meta()["done"] if args.rows is None else args.rows
+    targets = args.targets or Path(args.cache) / "scorer_targets"
+    start = time.perf_counter()
+    examples = training_examples(targets, cache, predictor.backbone, args.head or DEFAULT_HEAD, rows, args.seed,
+                                 progress=_progress("targets"))
+    target_seconds = time.perf_counter() - start
+    scorer, report = fit_scorer(examples, seed=args.seed, epochs=args.epochs, progress=_progress("fit"))
+    report.update(rows=rows, targets=str(targets), target_seconds=target_seconds,
+                  fit_seconds=time.perf_counter() - start - target_seconds)
+    save_scorer(scorer, args.out, predictor.backbone.spec.name, extra={"train": report,
+                                                                        "cache": cache.meta()["settings"]})
+    print("| estimate | held-out MSE | constant's MSE | best epoch |\n|---|---|---|---|")
+    for name, mse in report["held_out_mse"].items():
+        print(f"| {name} | {mse:.4f} | {report['constant_mse'][name]:.4f} | {report['best_epoch'][name]} |")
+    print(f"targets of {rows} crops ({target_seconds:.0f} s, kept in {targets}), fit {report['fit_seconds']:.0f} s "
+          f"({args.epochs} epochs, {report['held_out_patients']} patients held out); wrote {args.out}")
 
 
 def _segment(args: argparse.Namespace) -> None:
@@ -299,19 +354,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
 
-    train = commands.add_parser("train", help="train a Probabilistic SAM head on multi-rater crops")
+    train = commands.add_parser("train", help="train a Probabilistic SAM (or SeqSAM) head on multi-rater crops")
     train.add_argument("--data", required=True, help="npz in the lidc-crops format (training split)")
     train.add_argument("--every", type=int, default=1, help="use every N-th slice with a rater mark")
     train.add_argument("--cache", required=True, help="folder for the fp16 embedding cache")
     train.add_argument("--encode-limit", type=int, help="encode (and train on) only the first N crops of the subset "
                        "(the cache is in nested order: the first quarter is every 4th crop, the first half every 2nd)")
     train.add_argument("--out", required=True, help="folder for checkpoints, loss curves and head.pt")
+    train.add_argument("--head", default="probabilistic_sam", choices=("probabilistic_sam", "seqsam"),
+                       help="which head to train (SeqSAM: the recurrent multi-mask head, heads/seqsam.py)")
+    train.add_argument("--train-length", type=int, default=4,
+                       help="SeqSAM: decoder steps M unrolled per crop (M > 4 raters trains the chunk pooling)")
+    train.add_argument("--empty-raters", default="target", choices=("target", "masked"),
+                       help="SeqSAM: an empty rater mask is a target ('target', this project's protocol) or has its "
+                            "matched cost zeroed ('masked', the authors' code)")
     train.add_argument("--injection", default="hypernetwork", choices=("hypernetwork", "prompt"))
     train.add_argument("--latent-dim", type=int, default=6)
     train.add_argument("--beta", type=float, default=10.0)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--batch-size", type=int, help="default 8 (Probabilistic SAM), 2 (SeqSAM)")
+    train.add_argument("--steps", type=int, help="default 2000 (Probabilistic SAM), 400 (SeqSAM)")
+    train.add_argument("--lr", type=float, help="default 1e-3 (Probabilistic SAM), 3e-4 (SeqSAM)")
     train.add_argument("--set-weight", type=float, default=0.0,
                        help="weight of the set-level loss (soft-IoU energy distance between K prior samples and "
                             "the raters) added to the ELBO; 0: the ELBO alone")
@@ -340,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--head", action="append", help="head file(s); default: the shipped head")
+    evaluate.add_argument("--seqsam-lengths", type=int, nargs="+", default=[3, 10, 16],
+                          help="a SeqSAM head scores one row per number of masks M (its masks ignore --seed and "
+                               "--samples)")
     evaluate.add_argument("--cache", help="embedding cache folder (reused across runs)")
     evaluate.add_argument("--json", help="write the summary here")
     evaluate.add_argument("--save-samples", help="write samples (N, K, H, W) and index (N,) to this npz")
@@ -366,6 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--offsets", type=float, nargs="+", default=[-0.9, -0.6, -0.3, 0.0, 0.3])
     _add_model_options(tune)
     tune.set_defaults(run=_tune_sampling, precision="bf16")
+    scorer = commands.add_parser("train-scorer", help="train the UncertainSAM scorer (expected quality, gaps, expert "
+                                                      "disagreement) on a training embedding cache")
+    scorer.add_argument("--cache", required=True, help="training embedding cache built by 'ambiguous-sam train'")
+    scorer.add_argument("--rows", type=int, help="use the first N encoded crops (default: all encoded)")
+    scorer.add_argument("--targets", help="folder for the computed targets (resumable; default: CACHE/scorer_targets)")
+    scorer.add_argument("--head", help="head file whose samples are the candidates (default: the shipped head)")
+    scorer.add_argument("--out", required=True, help="where to write the scorer file")
+    scorer.add_argument("--epochs", type=int, default=40)
+    scorer.add_argument("--seed", type=int, default=0)
+    _add_model_options(scorer)
+    scorer.set_defaults(run=_train_scorer)
     segment = commands.add_parser("segment", help="K candidates + uncertainty for the lesion in a box of a CT volume")
     segment.add_argument("input", nargs="?", help=".nrrd, .nii(.gz), .mha or a DICOM series folder")
     segment.add_argument("--box", nargs=4, type=float, metavar=("I0", "J0", "I1", "J1"), help="voxel box on --slice")
@@ -403,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Options that count something (at least 1), and real-valued ones with their allowed range, by argparse name.
-COUNT_OPTIONS = ("every", "steps", "batch_size", "latent_dim", "encode_limit", "stop_after", "limit")
+COUNT_OPTIONS = ("every", "steps", "batch_size", "latent_dim", "encode_limit", "stop_after", "limit", "epochs",
+                 "train_length")
 RANGED_OPTIONS = {"lr": (0.0, False, "a positive learning rate"), "beta": (0.0, True, "a KL weight >= 0"),
                   "temperatures": (0.0, False, "positive prior temperatures"),
                   "offsets": (-math.inf, False, "finite gate offsets"),
@@ -413,6 +490,7 @@ RANGED_OPTIONS = {"lr": (0.0, False, "a positive learning rate"), "beta": (0.0, 
 #: Folders each command writes into: an existing file there is refused before any work (segment's -o is
 #: checked with its inputs by check_output_folder; tune-sampling's --out is a file).
 FOLDER_OPTIONS = {"demo": ("out",), "train": ("cache", "out"), "evaluate": ("cache",), "tune-sampling": ("cache",),
+                  "train-scorer": ("cache", "targets"),
                   "fit-gate": ("cache",)}
 
 

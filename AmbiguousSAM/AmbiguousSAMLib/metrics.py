@@ -127,6 +127,20 @@ def protocol_box(rater_masks: np.ndarray, margin: int = BOX_MARGIN) -> tuple[int
     )
 
 
+def mean_pairwise_distance(masks: np.ndarray) -> float:
+    """Mean 1 - IoU over the distinct pairs of masks (n, ...), empty masks included (IoU(empty, empty) = 1).
+
+    Over raters it is how much the experts disagree on a slice (one rater of four marking it gives 0.5: three
+    pairs disagree completely, three empty pairs agree); over samples it is their spread. GED's rater term
+    averages the same distances with the n zero diagonal terms included, i.e. this value times (n - 1) / n.
+    """
+    masks = _as_masks(masks, "masks")
+    if masks.shape[0] < 2:
+        raise ValueError(f"A spread needs at least two masks; got {masks.shape[0]}.")
+    distance = 1 - pairwise_iou(masks, masks)
+    return float(distance[~np.eye(len(masks), dtype=bool)].mean())
+
+
 def _ged_from_iou(iou_samples_raters: np.ndarray, iou_samples: np.ndarray, iou_raters: np.ndarray) -> float:
     """Squared GED from the three IoU blocks, with d = 1 - IoU and the diagonal terms (d = 0) included."""
     return float(2 * (1 - iou_samples_raters).mean() - (1 - iou_samples).mean() - (1 - iou_raters).mean())

@@ -3,6 +3,7 @@
 For every sampler: time to draw 16 samples from a cached embedding, and the total "encode + sample" against
 "encode + one deterministic decode" measured in the same run. Median of 10 after 2 warm-ups.
 Usage: python Testing/Benchmarks/benchmark_sampling.py [--threads 2] [--precision bf16] [--head PATH ...]
+(any head file: a SeqSAM head's 16 masks are 16 decoder passes, so its row shows what the recurrence costs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from AmbiguousSAMLib.heads.baselines import BASELINES, Deterministic
-    from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head
+    from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_any_head
     from AmbiguousSAMLib.predictor import Predictor
 
     predictor = Predictor(device=None, precision=args.precision, window=None)
@@ -34,7 +35,7 @@ def main() -> None:
     embedding = predictor.encode(model_input)
     box = torch.tensor([[80.0, 80.0, 170.0, 175.0]], device=predictor.device)
     backbone = predictor.backbone
-    samplers = [load_head(backbone, p).to(predictor.device) for p in (args.head or [DEFAULT_HEAD])]
+    samplers = [load_any_head(backbone, p).to(predictor.device) for p in (args.head or [DEFAULT_HEAD])]
     samplers += [baseline(backbone) for baseline in BASELINES]
 
     encode = median_seconds(lambda: predictor.encode(model_input))

@@ -1,11 +1,16 @@
 """Save and load a trained ambiguity head: only its own weights (~4 MB), never the backbone's.
 
 A head file records the backbone it was trained on and its constructor arguments, so loading it on the wrong
-backbone fails with a message instead of producing garbage masks.
+backbone fails with a message instead of producing garbage masks. The reading, writing and backbone checks are
+shared with the other trained file that ships, the UncertainSAM scorer (scorer_checkpoint.py).
+
+Two kinds of head share the format, told apart by the payload's "head" entry ("seqsam"; files without it, all
+those written before SeqSAM, are Probabilistic SAM heads, so they keep loading).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,31 +18,46 @@ import torch
 from ..errors import CheckpointError
 from ..modeling.backbone import Backbone
 from .probabilistic_sam import ProbabilisticSAM
+from .seqsam import SeqSAM
 
 HEAD_FILE_NAME = "probabilistic_sam_lidc.pt"
 
 
-def shipped_head() -> Path:
-    """The head trained on LIDC-IDRI that ships with the project (see Resources/Models/MODEL_CARD.md).
+def shipped_model(file_name: str) -> Path:
+    """A trained file that ships with the project (see Resources/Models/MODEL_CARD.md).
 
     In the Slicer module folder and a source checkout it sits in Resources/Models next to the package; a wheel
     (`pip install .`) carries it inside the package as AmbiguousSAMLib/shipped_models (pyproject.toml).
     """
     package = Path(__file__).resolve().parents[1]
-    module_folder = package.parent / "Resources" / "Models" / HEAD_FILE_NAME
-    return module_folder if module_folder.is_file() else package / "shipped_models" / HEAD_FILE_NAME
+    module_folder = package.parent / "Resources" / "Models" / file_name
+    return module_folder if module_folder.is_file() else package / "shipped_models" / file_name
 
 
-DEFAULT_HEAD = shipped_head()
+DEFAULT_HEAD = shipped_model(HEAD_FILE_NAME)
 
 
-def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
-    state = {name: p.detach().cpu().clone() for name, p in head.trainable_parameters().items()}
-    payload = {"format": "ambiguous-sam-head/1", "backbone": backbone_name,
-               "config": {"injection": head.injection, "latent_dim": head.latent_dim,
-                          "presence_offset": head.presence_offset, "prior_temperature": head.prior_temperature,
-                          "presence_evidence": head.presence_evidence},
-               "state": state, "extra": extra or {}}
+@dataclass(frozen=True)
+class CheckpointKind:
+    """What a kind of trained file is called and how a user gets one, for the messages of `read_checkpoint`."""
+
+    #: The payload's "format" tag.
+    format: str
+    #: What the file holds, in words ("head", "scorer").
+    noun: str
+    #: The command that makes one.
+    maker: str
+    #: What to pass instead of a file that cannot be read.
+    alternative: str
+
+
+HEAD = CheckpointKind(format="ambiguous-sam-head/1", noun="head", maker="ambiguous-sam train",
+                      alternative="Pass a head made by 'ambiguous-sam train' or 'tune-sampling', or 'default' for "
+                                  "the shipped LIDC head.")
+
+
+def write_checkpoint(payload: dict, path: str | Path) -> None:
+    """Write atomically (a temporary file moved into place), so a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -45,29 +65,61 @@ def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extr
     tmp.replace(path)
 
 
-def _read_payload(path: Path) -> dict:
+def read_checkpoint(path: Path, kind: CheckpointKind) -> dict:
+    """The payload of a `kind` file, or a CheckpointError naming what is wrong and how to get a good file."""
     if not path.is_file():
         raise CheckpointError(
-            f"No trained head at {path}. Train one with 'ambiguous-sam train' or pass the path of a head file."
+            f"No trained {kind.noun} at {path}. Train one with '{kind.maker}' or pass the path of a {kind.noun} file."
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises OSError, UnpicklingError, RuntimeError... for files it cannot read
         raise CheckpointError(
-            f"{path} is not a readable head file ({type(error).__name__}). Pass a head made by 'ambiguous-sam "
-            "train' or 'tune-sampling', or 'default' for the shipped LIDC head."
+            f"{path} is not a readable {kind.noun} file ({type(error).__name__}). {kind.alternative}"
         ) from error
-    if not isinstance(payload, dict) or payload.get("format") != "ambiguous-sam-head/1":
-        raise CheckpointError(f"{path} is not an AmbiguousSAM head file (made by 'ambiguous-sam train').")
+    if not isinstance(payload, dict) or payload.get("format") != kind.format:
+        raise CheckpointError(f"{path} is not an AmbiguousSAM {kind.noun} file (made by '{kind.maker}').")
     if not isinstance(payload.get("state"), dict) or not isinstance(payload.get("config"), dict):
-        raise CheckpointError(f"{path} is an incomplete AmbiguousSAM head file; train or download it again.")
+        raise CheckpointError(f"{path} is an incomplete AmbiguousSAM {kind.noun} file; train or download it again.")
     return payload
+
+
+def check_backbone(payload: dict, path: Path, kind: CheckpointKind, backbone: Backbone) -> None:
+    """Refuse a file trained on another backbone: its weights would read the wrong decoder."""
+    if payload["backbone"] != backbone.spec.name:
+        raise CheckpointError(
+            f"The {kind.noun} {path.name} was trained on backbone '{payload['backbone']}', not "
+            f"'{backbone.spec.name}'. Use --backbone {payload['backbone']} or a {kind.noun} trained on "
+            f"{backbone.spec.name}."
+        )
+
+
+#: The payload's "head" entry of each kind of head, and the kind a file without one holds.
+PROBABILISTIC_SAM, SEQSAM = "probabilistic_sam", "seqsam"
+
+
+def _trained_state(head: ProbabilisticSAM | SeqSAM) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in head.trainable_parameters().items()}
+
+
+def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
+    write_checkpoint({"format": HEAD.format, "backbone": backbone_name,
+                      "config": {"injection": head.injection, "latent_dim": head.latent_dim,
+                                 "presence_offset": head.presence_offset, "prior_temperature": head.prior_temperature,
+                                 "presence_evidence": head.presence_evidence},
+                      "state": _trained_state(head), "extra": extra or {}}, path)
+
+
+def save_seqsam(head: SeqSAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
+    """A SeqSAM head file: its recurrent cell and fine-tuned hypernetwork MLP (it has no constructor settings)."""
+    write_checkpoint({"format": HEAD.format, "head": SEQSAM, "backbone": backbone_name, "config": {},
+                      "state": _trained_state(head), "extra": extra or {}}, path)
 
 
 def copy_matching_weights(head: ProbabilisticSAM, path: str | Path) -> list[str]:
     """Start training from an earlier head (fine-tuning, or a head of an older layout): copy each tensor whose
     name and shape match and return the names of the trained tensors left as initialised."""
-    saved = _read_payload(Path(path))["state"]
+    saved = read_checkpoint(Path(path), HEAD)["state"]
     fresh = []
     with torch.no_grad():
         for name, parameter in head.trainable_parameters().items():
@@ -78,19 +130,43 @@ def copy_matching_weights(head: ProbabilisticSAM, path: str | Path) -> list[str]
     return fresh
 
 
+def _read_head(path: Path, backbone: Backbone) -> dict:
+    payload = read_checkpoint(path, HEAD)
+    check_backbone(payload, path, HEAD, backbone)
+    if payload.get("head", PROBABILISTIC_SAM) not in (PROBABILISTIC_SAM, SEQSAM):
+        raise CheckpointError(f"{path} holds a '{payload['head']}' head, which this version of AmbiguousSAM does not "
+                              "know; update AmbiguousSAM or use another head file.")
+    return payload
+
+
 def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM:
-    """Build the head on `backbone` and load its trained weights (strictly: every trained tensor must fit)."""
+    """Build the Probabilistic SAM head on `backbone` and load its trained weights (strictly: every trained
+    tensor must fit). A SeqSAM file is refused: the paths that call this use the latent noise, the presence gate
+    or the sampling settings that only Probabilistic SAM has."""
     path = Path(path)
-    payload = _read_payload(path)
-    if payload["backbone"] != backbone.spec.name:
-        raise CheckpointError(
-            f"The head {path.name} was trained on backbone '{payload['backbone']}', not '{backbone.spec.name}'. "
-            f"Use --backbone {payload['backbone']} or a head trained on {backbone.spec.name}."
-        )
+    payload = _read_head(path, backbone)
+    if payload.get("head", PROBABILISTIC_SAM) == SEQSAM:
+        raise CheckpointError(f"{path} is a SeqSAM head; this command takes a Probabilistic SAM head (made by "
+                              "'ambiguous-sam train' without '--head seqsam'). SeqSAM heads are scored by "
+                              "'ambiguous-sam evaluate --head'.")
     try:
         head = ProbabilisticSAM(backbone, **payload["config"])
     except TypeError as error:
         raise CheckpointError(f"{path} was written by another version of AmbiguousSAM ({error}); retrain it.") from error
+    return _load_state(head, payload, path)
+
+
+def load_any_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM | SeqSAM:
+    """The head a file holds, whichever kind it is (what `evaluate` and the benchmarks score)."""
+    path = Path(path)
+    payload = _read_head(path, backbone)
+    if payload.get("head", PROBABILISTIC_SAM) == PROBABILISTIC_SAM:
+        return load_head(backbone, path)
+    return _load_state(SeqSAM(backbone), payload, path)
+
+
+def _load_state(head: ProbabilisticSAM | SeqSAM, payload: dict, path: Path) -> ProbabilisticSAM | SeqSAM:
+    """Copy the file's trained tensors into `head`, strictly: the names and shapes must be the head's own."""
     expected = head.trainable_parameters()
     if set(expected) != set(payload["state"]) or any(
             getattr(payload["state"][name], "shape", None) != tensor.shape for name, tensor in expected.items()):

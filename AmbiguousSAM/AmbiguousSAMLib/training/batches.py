@@ -17,6 +17,10 @@ import torch
 from ..preprocessing import ModelFrame, model_input
 
 
+#: Range of the random margin (pixels, per side) added to the raters' union to make a training box.
+BOX_MARGINS = (1, 6)
+
+
 @dataclass
 class Batch:
     embeddings: torch.Tensor  # (B, 256, 64, 64) float32
@@ -39,7 +43,7 @@ def union_box(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
 
 
 def make_batch(rng: np.random.Generator, embeddings: np.ndarray, masks: np.ndarray, rows: np.ndarray,
-               model_size: int, margin_range: tuple[int, int] = (1, 6), images: np.ndarray | None = None) -> Batch:
+               model_size: int, margin_range: tuple[int, int] = BOX_MARGINS, images: np.ndarray | None = None) -> Batch:
     """Gather cached embeddings for `rows`, one random rater each as the target (and the crops' model inputs,
     when the cache's `images` are given)."""
     order = np.sort(rows)  # sorted reads are faster on the memory-mapped cache

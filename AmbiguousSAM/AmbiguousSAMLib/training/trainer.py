@@ -143,17 +143,18 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     return final
 
 
-def plot_losses(history: list[dict], path: Path) -> None:
-    """Loss curves (moving average over 25 steps) as a PNG next to the checkpoint."""
+def plot_losses(history: list[dict], path: Path, keys: tuple[str, ...] | None = None) -> None:
+    """Loss curves (moving average over 25 steps) as a PNG next to the checkpoint; `keys` are the history's
+    entries to draw (default: Probabilistic SAM's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = np.array([h["step"] for h in history])
-    keys = ("total", "bce", "dice", "kl") + (("set",) if "set" in history[0] else ())
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3))
-    for ax, key in zip(axes, keys):
+    keys = keys or ("total", "bce", "dice", "kl") + (("set",) if "set" in history[0] else ())
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         values = np.array([h[key] for h in history])
         window = min(25, len(values))
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
