@@ -45,6 +45,22 @@ def val_embedding_cache(folder: Path, count: int):
     cache.build(LIDC_VAL_CROPS, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
     return cache
 
+@pytest.fixture(scope="module")
+def backbone():
+    """LiteMedSAM, built once per test module (heads copy its prompt encoder and decoder)."""
+    from AmbiguousSAMLib.modeling.backbone import build_backbone
+
+    return build_backbone()
+
+
+@pytest.fixture(scope="module")
+def embedding():
+    """A seeded random (1, 256, 64, 64) image embedding: heads' arithmetic without an encoder pass."""
+    import torch
+
+    return torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(0))
+
+
 #: An oblique, anisotropic grid like a tilted-gantry CT: axes rotated 30 degrees about S and then 15 degrees
 #: about R, 0.7 x 0.9 x 2.5 mm voxels, so every RAS <-> IJK mistake (axis order, transposition, spacing) shows.
 OBLIQUE_SPACING = (0.7, 0.9, 2.5)

@@ -11,17 +11,7 @@ from AmbiguousSAMLib.heads.latent import box_channel, kl_divergence
 from AmbiguousSAMLib.heads.presence import EMPTY_LOGIT, gate_logits, presence_features, stratified_ranks
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.errors import CheckpointError
-from AmbiguousSAMLib.modeling.backbone import Backbone, build_backbone
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    return build_backbone()
-
-
-@pytest.fixture(scope="module")
-def embedding() -> torch.Tensor:
-    return torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(0))
+from AmbiguousSAMLib.modeling.backbone import Backbone
 
 
 BOX = torch.tensor([[80.0, 90.0, 160.0, 170.0]])

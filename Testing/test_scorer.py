@@ -15,7 +15,6 @@ from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD
 from AmbiguousSAMLib.heads.scorer import UncertainSAMScorer
 from AmbiguousSAMLib.heads.scorer_checkpoint import load_scorer, save_scorer
 from AmbiguousSAMLib.heads.scorer_inputs import candidate_features, decoder_readout
-from AmbiguousSAMLib.modeling.backbone import build_backbone
 from AmbiguousSAMLib.preprocessing import ModelFrame
 from AmbiguousSAMLib.training.scorer_fit import fit_scorer, per_estimate_mse, split_patients
 from AmbiguousSAMLib.training.batches import BOX_MARGINS, union_box
@@ -95,11 +94,6 @@ def test_candidate_features_tell_candidates_of_one_box_apart() -> None:
     np.testing.assert_allclose(features[0], [1.0, 0.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(features[1], [1600 / 3600, np.log(3601 / 1601), 0.0], rtol=1e-5)
     np.testing.assert_allclose(features[2], [0.0, np.log(1 / 1601), 1.0], rtol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return build_backbone()
 
 
 @pytest.fixture(scope="module")

@@ -14,22 +14,12 @@ from AmbiguousSAMLib.heads.checkpoint import load_any_head, load_head, save_head
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.heads.seqsam import SeqSAM
 from AmbiguousSAMLib.heads.seqsam_lengths import length_rows
-from AmbiguousSAMLib.modeling.backbone import Backbone, build_backbone
+from AmbiguousSAMLib.modeling.backbone import Backbone
 from AmbiguousSAMLib.training.seqsam_loss import chunk_members, dice_cost, hungarian_loss, seqsam_loss
 from AmbiguousSAMLib.training.seqsam_trainer import SeqSAMTrainConfig, train_seqsam
 from conftest import val_embedding_cache
 
 BOX = torch.tensor([[80.0, 90.0, 160.0, 170.0]])
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    return build_backbone()
-
-
-@pytest.fixture(scope="module")
-def embedding() -> torch.Tensor:
-    return torch.randn((1, 256, 64, 64), generator=torch.Generator().manual_seed(0))
 
 
 def squares(count: int, size: int = 16) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..modeling.backbone import Backbone
 from .batches import make_batch
 from .embedding_cache import EmbeddingCache
 from .seqsam_loss import EMPTY_RATERS, chunk_members, seqsam_loss
-from .trainer import plot_losses
+from .trainer import plot_losses, resume, save_progress, steps_left, usable_rows
 
 
 @dataclass
@@ -59,8 +59,6 @@ def train_seqsam(cache: EmbeddingCache, backbone: Backbone, config: SeqSAMTrainC
                  show_progress: bool = True, stop_after: int | None = None, rows: int | None = None) -> Path | None:
     """Train (or resume) and return the head file `out/head.pt`, or None when stopped (`stop_after` steps
     checkpointed) before the last step. `rows` trains on the first that many cached crops only."""
-    from tqdm import tqdm  # imported here: only training needs it
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
@@ -72,25 +70,13 @@ def train_seqsam(cache: EmbeddingCache, backbone: Backbone, config: SeqSAMTrainC
     groups = [{"params": [p for n, p in trainable.items() if n.startswith("cell.")], "lr": config.lr},
               {"params": [p for n, p in trainable.items() if not n.startswith("cell.")], "lr": config.lr / 10}]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    history: list[dict] = []
-    start = 0
     last = out / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state["config"] != asdict(config):
-            raise ValueError(f"{last} was written with other settings; use another --out or delete it.")
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["step"]
+    history, start, _ = resume(last, asdict(config), device, head, optimizer)
     rng = np.random.default_rng([config.seed, start])
 
-    crops = cache.crops()
-    embeddings = cache.embeddings()
-    available = cache.meta()["done"] if rows is None else min(rows, cache.meta()["done"])
+    crops, embeddings, available = cache.crops(), cache.embeddings(), usable_rows(cache, rows)
     head.train()
-    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not show_progress,
-               desc=f"train seqsam ({config.empty_raters})")
+    end, bar = steps_left(config.steps, start, stop_after, f"train seqsam ({config.empty_raters})", show_progress)
     for step in bar:
         batch = make_batch(rng, embeddings, crops["masks"], rng.choice(available, size=config.batch_size,
                                                                         replace=False), backbone.image_size)
@@ -105,10 +91,8 @@ def train_seqsam(cache: EmbeddingCache, backbone: Backbone, config: SeqSAMTrainC
         history.append({"step": step + 1, "total": float(loss.detach())})
         bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
-            tmp = last.with_suffix(".tmp")
-            torch.save({"config": asdict(config), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                        "history": history, "step": step + 1}, tmp)
-            tmp.replace(last)
+            save_progress(last, {"config": asdict(config), "head": head.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "history": history, "step": step + 1})
             plot_losses(history, out / "loss.png", keys=("total",))
     if end < config.steps:
         return None

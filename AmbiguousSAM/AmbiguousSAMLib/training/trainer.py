@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from .batches import make_batch
 from .embedding_cache import EmbeddingCache
 from .losses import probabilistic_sam_loss, set_energy_loss
 from .presence_fit import crop_features, fit_presence_gate
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 @dataclass
@@ -60,8 +64,6 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     sessions; the same command continues it. Returns None when stopped before the last step. `rows` trains on
     the first that many cached crops only (a learning curve over nested prefixes of one cache).
     """
-    from tqdm import tqdm  # imported here: only training needs it
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
@@ -82,27 +84,16 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
                                   weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rates, total_steps=config.steps,
                                                     pct_start=0.05)
-    history: list[dict] = []
-    start = 0
     last = out / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state["config"] != asdict(config):
-            raise ValueError(f"{last} was written with other settings; use another --out or delete it.")
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
+    history, start, state = resume(last, asdict(config), device, head, optimizer)
+    if state is not None:
         scheduler.load_state_dict(state["scheduler"])
-        history, start = state["history"], state["step"]
         torch.set_rng_state(state["torch_rng"])
     rng = np.random.default_rng([config.seed, start])
 
-    crops = cache.crops()
-    embeddings = cache.embeddings()
-    available = cache.meta()["done"] if rows is None else min(rows, cache.meta()["done"])
+    crops, embeddings, available = cache.crops(), cache.embeddings(), usable_rows(cache, rows)
     head.train()
-    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not show_progress,
-               desc=f"train {config.injection}")
+    end, bar = steps_left(config.steps, start, stop_after, f"train {config.injection}", show_progress)
     for step in bar:
         rows = rng.choice(available, size=config.batch_size, replace=False)
         batch = make_batch(rng, embeddings, crops["masks"], rows, backbone.image_size)
@@ -121,11 +112,9 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
         history.append({"step": step + 1, **{k: float(v.detach()) for k, v in losses.items()}})
         bar.set_postfix(loss=f"{history[-1]['total']:.3f}", kl=f"{history[-1]['kl']:.2f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
-            tmp = last.with_suffix(".tmp")
-            torch.save({"config": asdict(config), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "history": history, "step": step + 1,
-                        "torch_rng": torch.get_rng_state()}, tmp)
-            tmp.replace(last)
+            save_progress(last, {"config": asdict(config), "head": head.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "history": history, "step": step + 1, "torch_rng": torch.get_rng_state()})
             plot_losses(history, out / "loss.png")
     if end < config.steps:
         return None
@@ -141,6 +130,41 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
                      "presence_bce": presence_bce})
     (out / "history.json").write_text(json.dumps(history))
     return final
+
+
+def resume(last: Path, config: dict, device: str | torch.device, head: torch.nn.Module,
+           optimizer: torch.optim.Optimizer) -> tuple[list[dict], int, dict | None]:
+    """Continue a stopped run from its `last` file: (loss history, next step, the saved state for what else the
+    caller keeps), or a fresh start. A file written with other settings is refused rather than mixed in."""
+    if not last.exists():
+        return [], 0, None
+    state = torch.load(last, map_location=device, weights_only=False)
+    if state["config"] != config:
+        raise ValueError(f"{last} was written with other settings; use another --out or delete it.")
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["history"], state["step"], state
+
+
+def usable_rows(cache: EmbeddingCache, rows: int | None) -> int:
+    """How many of the cache's first rows a run draws from: the encoded ones, or fewer when asked."""
+    return cache.meta()["done"] if rows is None else min(rows, cache.meta()["done"])
+
+
+def steps_left(steps: int, start: int, stop_after: int | None, description: str,
+               show_progress: bool) -> tuple[int, tqdm]:
+    """Where this call stops (all `steps`, or `stop_after` more) and its progress bar over the steps left."""
+    from tqdm import tqdm  # imported here: only training needs it
+
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    return end, tqdm(range(start, end), initial=start, total=steps, disable=not show_progress, desc=description)
+
+
+def save_progress(last: Path, state: dict) -> None:
+    """Write a run's state atomically (a temporary file moved into place): a kill mid-write keeps the previous."""
+    tmp = last.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(last)
 
 
 def plot_losses(history: list[dict], path: Path, keys: tuple[str, ...] | None = None) -> None:
