@@ -4,15 +4,15 @@ method, saved samples that re-score to the reported numbers, and a tuned head th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from AmbiguousSAMLib import metrics
 from AmbiguousSAMLib.cli import main
 from AmbiguousSAMLib.evaluation import evaluation_rows, lesion_contrast
-from AmbiguousSAMLib.heads.checkpoint import load_head
+from AmbiguousSAMLib.heads.checkpoint import HEAD, load_head, read_checkpoint
 from AmbiguousSAMLib.modeling.backbone import build_backbone
 
 from conftest import SHARED_DATA
@@ -97,7 +97,7 @@ def test_tune_sampling_writes_a_head_with_the_chosen_pair(evaluated, capsys) -> 
     assert len(rows) == 6 and sum(line.count(" *") for line in rows) == 1
     chosen = next(line for line in rows if " *" in line)
     assert chosen.startswith(f"| {head.prior_temperature:.2f} | {head.presence_offset:+.2f} *")
-    tuning = torch.load(out, map_location="cpu", weights_only=True)["extra"]["sampling_tuning"]
+    tuning = read_checkpoint(Path(out), HEAD)["extra"]["sampling_tuning"]
     assert len(tuning["table"]) == 6 and tuning["slices"] == 3
 
 

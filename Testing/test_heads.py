@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import lzma
+
 import pytest
 import torch
 
 from AmbiguousSAMLib.heads.baselines import BoxJitter, Deterministic, MCDropout, Multimask
-from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, copy_matching_weights, load_head, save_head
+from AmbiguousSAMLib.heads.checkpoint import XZ_MAGIC, DEFAULT_HEAD, copy_matching_weights, load_head, save_head
 from AmbiguousSAMLib.heads.latent import box_channel, kl_divergence
 from AmbiguousSAMLib.heads.presence import EMPTY_LOGIT, gate_logits, presence_features, stratified_ranks
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
@@ -126,6 +129,20 @@ def test_head_checkpoint_round_trip_and_wrong_backbone(backbone: Backbone, tmp_p
         load_head(backbone, path)
     with pytest.raises(CheckpointError, match="No trained head"):
         load_head(backbone, tmp_path / "absent.pt")
+
+
+def test_head_files_are_compressed_and_older_plain_files_still_load(backbone: Backbone, tmp_path) -> None:
+    """Checkpoints are written xz-compressed (what keeps the shipped files under 5 MB); a file written before, a
+    plain torch.save, reads the same."""
+    head = ProbabilisticSAM(backbone, injection="hypernetwork", latent_dim=4)
+    compressed, plain = tmp_path / "head.pt", tmp_path / "plain.pt"
+    save_head(head, compressed, "litemedsam")
+    assert compressed.read_bytes().startswith(XZ_MAGIC)
+    torch.save(torch.load(io.BytesIO(lzma.decompress(compressed.read_bytes())), weights_only=True), plain)
+    for path in (compressed, plain):
+        loaded = load_head(backbone, path)
+        for name, p in head.trainable_parameters().items():
+            assert torch.equal(p, loaded.trainable_parameters()[name])
 
 
 def test_training_can_start_from_a_head_of_another_layout(backbone: Backbone, tmp_path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from AmbiguousSAMLib.cli import main
 from AmbiguousSAMLib.crops import nested_order
-from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, HEAD, load_head, read_checkpoint, save_head
 from AmbiguousSAMLib.heads.presence import EVIDENCE, _dilate, appearance_features
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.modeling.backbone import build_backbone
@@ -110,7 +112,7 @@ def test_fit_gate_refits_only_the_gate_and_never_overwrites_its_input(cache, tmp
     for name, tensor in shipped.trainable_parameters().items():
         if not name.startswith("presence."):
             torch.testing.assert_close(refitted.trainable_parameters()[name], tensor)
-    extra = torch.load(out, map_location="cpu", weights_only=True)["extra"]["gate"]
+    extra = read_checkpoint(Path(out), HEAD)["extra"]["gate"]
     assert extra["rows"] == [0, 8] and extra["evidence"] == "appearance"
     before = out.read_bytes()
     assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "8", "--head", str(out),

@@ -11,9 +11,9 @@ import torch
 from AmbiguousSAMLib import metrics
 from AmbiguousSAMLib.cli import main
 from AmbiguousSAMLib.errors import CheckpointError, InvalidSettingError
-from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD
+from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, read_checkpoint
 from AmbiguousSAMLib.heads.scorer import UncertainSAMScorer
-from AmbiguousSAMLib.heads.scorer_checkpoint import load_scorer, save_scorer
+from AmbiguousSAMLib.heads.scorer_checkpoint import SCORER, load_scorer, save_scorer
 from AmbiguousSAMLib.heads.scorer_inputs import candidate_features, decoder_readout
 from AmbiguousSAMLib.preprocessing import ModelFrame
 from AmbiguousSAMLib.training.scorer_fit import fit_scorer, per_estimate_mse, split_patients
@@ -144,7 +144,7 @@ def test_a_fit_learns_the_targets_and_the_checkpoint_round_trips(trained, backbo
     tokens, features = torch.from_numpy(examples.tokens), torch.from_numpy(examples.candidate_features)
     for before, after in zip(scorer(tokens, features), loaded(tokens, features)):
         torch.testing.assert_close(after, before, atol=2e-3, rtol=0)
-    assert torch.load(written, weights_only=True)["extra"]["train"]["rows"] == 8
+    assert read_checkpoint(Path(written), SCORER)["extra"]["train"]["rows"] == 8
 
 
 def test_score_rates_each_candidate_of_a_box(real_cache, trained, backbone) -> None:

@@ -61,7 +61,7 @@ def _fit_gate(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from .heads.checkpoint import DEFAULT_HEAD, save_head
+    from .heads.checkpoint import DEFAULT_HEAD, HEAD, read_checkpoint, save_head
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
     from .training.presence_fit import refit_gate
@@ -81,7 +81,7 @@ def _fit_gate(args: argparse.Namespace) -> None:
                           precision=args.precision, runtime=args.runtime)
     head, bce = refit_gate(predictor.backbone, str(head_path), cache, np.arange(start, stop), args.evidence,
                            seed=args.seed)
-    payload = torch.load(head_path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(head_path, HEAD)
     extra = {**payload["extra"], "gate": {"evidence": args.evidence, "cache": cache.meta()["settings"],
                                           "rows": [start, stop], "presence_bce": bce}}
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
@@ -151,7 +151,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     import torch
 
     from .evaluation import evaluation_rows
-    from .heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+    from .heads.checkpoint import DEFAULT_HEAD, HEAD, load_head, read_checkpoint, save_head
     from .predictor import Predictor
     from .crops import load_crops, open_crop_file
     from .training.embedding_cache import EmbeddingCache
@@ -181,7 +181,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
         chosen = " *" if entry is best else ""
         print(f"| {entry['temperature']:.2f} | {entry['offset']:+.2f}{chosen} | " + " | ".join(cells) + " |")
     head.prior_temperature, head.presence_offset = best["temperature"], best["offset"]
-    payload = torch.load(head_path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(head_path, HEAD)
     extra = {key: value for key, value in payload["extra"].items() if key != "presence_offset_tuning"}
     extra["sampling_tuning"] = {"data": str(args.data), "slices": int(len(rows)), "seed": args.seed,
                                 "samples": args.samples, "table": table}
