@@ -137,13 +137,12 @@ def _convert(backbone: Backbone, size: int, folder: Path) -> None:
             model = ov.convert_model(_Encode(backbone).eval(), example_input=torch.zeros(1, 3, size, size),
                                      input=[ov.PartialShape([1, 3, size, size])])
         ov.save_model(model, str(staging / "encoder.xml"), compress_to_fp16=False)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process finished first: its copy is the same model
-            if not (folder / "encoder.xml").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # only the staging folder this call made
+        staging.rename(folder)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)  # the temporary folder mkdtemp made for this call, nothing else
+        # The rename fails when another process finished the same conversion first: its copy is the same model.
+        if not (isinstance(error, OSError) and (folder / "encoder.xml").is_file()):
+            raise
 
 
 def build_encoder(*, backbone: Backbone, device: torch.device, precision: str, runtime: str = "auto",

@@ -44,13 +44,14 @@ class ModelFrame:
     def scale(self) -> float:
         return self.resized_size[0] / self.original_size[0]
 
-    def box_to_model(self, box: np.ndarray) -> np.ndarray:
-        """A box (x0, y0, x1, y1) in slice pixels -> the same box in the model's input frame (float32)."""
-        return (np.asarray(box, dtype=np.float32) * self.scale).astype(np.float32)
-
     def points_to_model(self, points: np.ndarray) -> np.ndarray:
         """Points (..., 2) as (x, y) = (column, row) in slice pixels -> the model's input frame (float32)."""
         return (np.asarray(points, dtype=np.float32) * self.scale).astype(np.float32)
+
+    def box_to_model(self, box: np.ndarray) -> np.ndarray:
+        """A box (x0, y0, x1, y1) in slice pixels -> the same box in the model's input frame (float32): its two
+        corners are points."""
+        return self.points_to_model(box)
 
     def image_to_model(self, image01: np.ndarray) -> torch.Tensor:
         """(rows, cols) in [0, 1] -> (1, 3, S, S): resized, zero-padded bottom/right, grey copied to RGB."""

@@ -126,7 +126,7 @@ class ServerProcess:
             self._log.close()
             self._log = None
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            shutil.rmtree(self._folder, ignore_errors=True)  # the mkdtemp folder start() made, nothing else
             self._folder = None
 
     def client(self) -> InferenceClient:
