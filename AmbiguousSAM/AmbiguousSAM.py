@@ -15,10 +15,10 @@ from slicer.util import VTKObservationMixin
 
 from AmbiguousSAMLogic import (BACKBONE_CHOICES, CANDIDATE_ROLE, DEVICE_CHOICES, HEAD_CHOICES,
                                UNCERTAINTY_ATTRIBUTE, AmbiguousSAMLogic, ModelSettings, SegmentationRun,
-                               acceptCandidate, adoptCandidateSet, candidateSetVolume, exportCandidateSetToDicom,
-                               installDependencies, installDicomExportDependencies, missingPackages,
-                               overlayUncertainty, segmentIdsWithRole, setHeatmapColorNode, showCandidates,
-                               userMessage)
+                               acceptCandidate, adoptCandidateSet, candidateIdsBestFirst, candidateScores,
+                               candidateSetReview, candidateSetVolume, exportCandidateSetToDicom, installDependencies,
+                               installDicomExportDependencies, missingPackages, overlayUncertainty,
+                               segmentIdsWithRole, setHeatmapColorNode, showCandidates, userMessage)
 
 #
 # AmbiguousSAM
@@ -112,6 +112,28 @@ def parameterNodeClass() -> type:
 def pathText(path: pathlib.Path) -> str:
     """A path parameter as text; the unset path (pathlib.Path(), shown empty in the GUI) is ""."""
     return "" if path == pathlib.Path() else str(path)
+
+
+def reviewText(review) -> str:
+    """The review flag of a candidate set (AmbiguousSAMLogic.candidateSetReview) in words."""
+    if review.disagreement is None:
+        return _("Not available ({reason}).").format(reason=review.reason.rstrip("."))
+    if review.needs_review:
+        return _("Needs review: predicted expert disagreement {value:.2f} (threshold {threshold:.3f}).").format(
+            value=review.disagreement, threshold=review.threshold)
+    return _("No review needed: predicted expert disagreement {value:.2f} (below {threshold:.3f}).").format(
+        value=review.disagreement, threshold=review.threshold)
+
+
+def candidateText(segmentationNode, candidateId: str) -> str:
+    """The chosen candidate's name and what it was ranked by: expected quality, or typicality without a scorer."""
+    name = segmentationNode.GetSegmentation().GetSegment(candidateId).GetName()
+    quality, typicality = candidateScores(segmentationNode, candidateId)
+    if quality is not None:
+        return _("{name}, expected quality {quality:.2f}").format(name=name, quality=quality)
+    if typicality is not None:
+        return _("{name}, typicality {score:.2f}").format(name=name, score=typicality)
+    return name
 
 
 def installPackagesOnce() -> bool:
@@ -349,6 +371,8 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentationNode is not None and not isCandidateSet:
             self.ui.statusLabel.text = _("'{name}' holds no Ambiguous SAM candidates.").format(
                 name=segmentationNode.GetName())
+        self.ui.reviewLabel.text = reviewText(candidateSetReview(segmentationNode)) if count else ""
+        self.ui.candidateQualityLabel.text = ""
         self._showChosenCandidates()
 
     def onCandidateChosen(self, number: int) -> None:
@@ -365,8 +389,16 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentationNode = self.ui.candidatesSelector.currentNode()
         if segmentationNode is None or not segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE):
             return
+        candidateId = self._chosenCandidateId()
+        self.ui.candidateQualityLabel.text = candidateText(segmentationNode, candidateId)
         showAll = self.ui.showAllCandidatesButton.checked
-        showCandidates(segmentationNode, None if showAll else self.ui.candidateSpinBox.value - 1)
+        stored = segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE).index(candidateId)
+        showCandidates(segmentationNode, None if showAll else stored)
+
+    def _chosenCandidateId(self) -> str:
+        """The candidate the spin box chose: number 1 is the best (highest expected quality, or most typical)."""
+        candidateIds = candidateIdsBestFirst(self.ui.candidatesSelector.currentNode())
+        return candidateIds[min(self.ui.candidateSpinBox.value, len(candidateIds)) - 1]
 
     def onAcceptButton(self) -> None:
         """Copy the chosen candidate into the target segment (a new segment if the target has none selected)."""
@@ -375,7 +407,7 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if targetNode is None:
             slicer.util.errorDisplay(_("Select the segmentation that should receive the candidate under 'Accept into'."))
             return
-        candidateId = segmentIdsWithRole(sourceNode, CANDIDATE_ROLE)[self.ui.candidateSpinBox.value - 1]
+        candidateId = self._chosenCandidateId()
         try:
             segmentId = acceptCandidate(sourceNode, candidateId, targetNode,
                                         self.ui.targetSegmentSelector.currentSegmentID() or None)
@@ -383,8 +415,8 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(*userMessage(error))
             return
         self.ui.targetSegmentSelector.setCurrentSegmentID(segmentId)
-        self.ui.statusLabel.text = _("Candidate {number} copied into '{name}'.").format(
-            number=self.ui.candidateSpinBox.value, name=targetNode.GetName())
+        self.ui.statusLabel.text = _("{candidate} copied into '{name}'.").format(
+            candidate=sourceNode.GetSegmentation().GetSegment(candidateId).GetName(), name=targetNode.GetName())
 
     def onExportDicomButton(self) -> None:
         """Write the chosen candidate set and its heatmap as DICOM objects referencing the CT's series, into a
@@ -405,12 +437,13 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             with slicer.util.WaitCursor():
-                exportCandidateSetToDicom(segmentationNode, heatmapNode, volumeNode, folder)
+                exported = exportCandidateSetToDicom(segmentationNode, heatmapNode, volumeNode, folder)
         except Exception as error:
             self._showError(*userMessage(error))
             return
-        self.ui.statusLabel.text = _("'{name}' exported to DICOM in {folder}.").format(
-            name=segmentationNode.GetName(), folder=folder)
+        # exported.leftOut says why an object is missing (the probability SEG of a set that keeps no probability).
+        self.ui.statusLabel.text = " ".join([_("'{name}' exported to DICOM in {folder} ({count} files).").format(
+            name=segmentationNode.GetName(), folder=folder, count=len(exported.files)), *exported.leftOut.values()])
 
     def onHeatmapChanged(self, heatmapNode) -> None:
         if heatmapNode is None:

@@ -5,11 +5,13 @@ refused before the model is loaded."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,11 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
+from AmbiguousSAMLib.candidate_table import best_first
 from AmbiguousSAMLib.cli import main
+from AmbiguousSAMLib.heads.scorer_checkpoint import DEFAULT_SCORER
 from AmbiguousSAMLib.outputs import OUTPUT_FILES, write_outputs
+from AmbiguousSAMLib.review_flag import REVIEW_THRESHOLD, ReviewFlag, review_order
 from AmbiguousSAMLib.volume_io import physical_box_to_ijk, read_volume
 
 from test_segmenter import OBLIQUE, synthetic_ct
@@ -90,6 +95,66 @@ def test_segmentation_reads_back_with_slicerio_on_the_ct_grid(segmented) -> None
     placed = np.zeros(truth.shape, bool)
     placed[tuple(slice(o, o + s) for o, s in zip(offset, consensus.shape))] = consensus > 0
     assert 2 * (placed & truth).sum() / (placed.sum() + truth.sum()) > 0.6
+
+
+def test_summary_and_segment_tags_hold_each_candidates_expected_quality_and_the_review_flag(segmented) -> None:
+    out, _ = segmented
+    summary = json.loads((out / "summary.json").read_text())
+    quality = [c["expected_quality"] for c in summary["candidates"]]
+    typicality = [c["score"] for c in summary["candidates"]]
+    assert all(0 <= q <= 1 for q in quality) and summary["scorer"] == DEFAULT_SCORER.name
+    assert summary["candidates_best_first"] == [f"Candidate {i + 1}" for i in best_first(typicality, quality)]
+    assert quality[int(summary["candidates_best_first"][0].split()[1]) - 1] == max(quality)
+    review = summary["review"]
+    assert review["threshold"] == REVIEW_THRESHOLD and "clicked slice" in review["rule"]
+    assert review["state"] == ("needs review" if review["predicted_disagreement"] >= REVIEW_THRESHOLD
+                               else "no review needed")
+    tags = [s["tags"] for s in slicerio.read_segmentation(str(out / "candidates.seg.nrrd"))["segments"]]
+    assert [np.float32(t["AmbiguousSAM.ExpectedQuality"]) for t in tags[:4]] == [np.float32(q) for q in quality]
+    assert tags[4]["AmbiguousSAM.Review"] == review["state"]
+    assert np.float32(tags[4]["AmbiguousSAM.ExpertDisagreement"]) == np.float32(review["predicted_disagreement"])
+
+
+@pytest.mark.parametrize("option", [["--no-scorer"], ["--scorer", "{tmp}/no-such-scorer.pt"]])
+def test_without_a_scorer_the_run_succeeds_and_the_flag_is_not_available(oblique_ct, tmp_path, option) -> None:
+    path, _ = oblique_ct
+    option = [value.format(tmp=tmp_path) for value in option]
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert main(["segment", path, "--box", *BOX, "--slice", "6", "--samples", "2", "-o", str(tmp_path / "out"),
+                     *option]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["review"]["state"] == "not available" and summary["review"]["predicted_disagreement"] is None
+    assert all(c["expected_quality"] is None for c in summary["candidates"]) and summary["scorer"] is None
+    scorer_warnings = [w for w in warned if "without the UncertainSAM scorer" in str(w.message)]
+    assert len(scorer_warnings) == (1 if option[0] == "--scorer" else 0)
+    tags = [s["tags"] for s in slicerio.read_segmentation(str(tmp_path / "out" / "candidates.seg.nrrd"))["segments"]]
+    assert "AmbiguousSAM.ExpectedQuality" not in tags[0] and tags[-1]["AmbiguousSAM.Review"] == "not available"
+    assert "AmbiguousSAM.ExpertDisagreement" not in tags[-1]
+
+
+def test_the_batch_table_lists_flagged_lesions_first_and_is_written_as_csv(oblique_ct, tmp_path, capsys) -> None:
+    path, _ = oblique_ct
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("input,out,i0,j0,i1,j1,slice,samples\n"
+                    f"{path},nodule,28,36,52,60,6,2\n{path},edge,30,38,50,58,4,2\n{path},top,32,40,48,56,8,2\n")
+    assert main(["segment", "--batch", str(jobs), "--review-table", str(tmp_path / "review.csv")]) == 0
+    flags = {row: ReviewFlag.from_dict(json.loads((tmp_path / row / "summary.json").read_text())["review"])
+             for row in ("nodule", "edge", "top")}
+    with open(tmp_path / "review.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    listed = [Path(row["out"]).name for row in written]
+    names = list(flags)
+    assert listed == [names[index] for index in review_order(list(flags.values()))]
+    assert [row["review"] for row in written] == [flags[name].state for name in listed]
+    # On this CT the nodule's centre slice is not flagged and its edge slice is: the table must put the edge first.
+    assert not flags["nodule"].needs_review and flags["edge"].needs_review and listed[0] != "nodule"
+    printed = capsys.readouterr().out.split("Lesions to review first")[1].splitlines()[2:]
+    assert [line.split()[:2] for line in printed[:3]] == [row["review"].split()[:2] for row in written]
+    assert [line.split()[-4] for line in printed[:3]] == [row["out"] for row in written]
+    assert printed[3] == f"wrote {tmp_path / 'review.csv'}"
+    assert main(["segment", "--batch", str(jobs), "--review-table", str(tmp_path / "review.csv")]) == 2, \
+        "an existing table is not replaced without --overwrite"
 
 
 def test_same_seed_writes_identical_files(oblique_ct, segmented, tmp_path) -> None:

@@ -4,8 +4,9 @@ The LIDC-IDRI-0001 DICOM slab is loaded as Slicer's DICOM module loads a series 
 reader over the series' files, and the "DICOM.instanceUIDs" attribute in slice order), the real logic makes a
 candidate set on it with the real model (4 samples), and the export is read back with highdicom and pydicom: its
 segments equal the scene's segments voxel for voxel (as Slicer's own arrayFromSegmentBinaryLabelmap gives them), its
-uncertainty map the heatmap, and every object references the slab's series. Refusals leave the scene and the
-folder as they were.
+probability SEG the set's mean-probability volume (to its 1/255 steps), its uncertainty map the heatmap, and every
+object references the slab's series. A set that keeps no mean probability exports the other three objects and says
+why. Refusals leave the scene and the folder as they were.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ import slicer
 import vtk
 
 from AmbiguousSAMLib.candidate_table import CANDIDATE_ROLE, CONSENSUS_ROLE, SCORE_TAG
-from AmbiguousSAMLib.dicom_export import COLOURS_FILE, SEGMENTATION_FILE, UNCERTAINTY_FILE, UNCERTAINTY_LEVELS
+from AmbiguousSAMLib.dicom_export import (COLOURS_FILE, DICOM_FILES, PROBABILITY_FILE, SEGMENTATION_FILE,
+                                          UNCERTAINTY_FILE, UNCERTAINTY_LEVELS)
 from AmbiguousSAMLib.errors import AmbiguousSAMError, CandidateSetError, DicomSourceError, OutputFolderError
 from AmbiguousSAMLib.heatmap_colours import MAX_ENTROPY_NATS
 from AmbiguousSAMLogic import AmbiguousSAMLogic, exportCandidateSetToDicom, segmentIdsWithRole
-from AmbiguousSAMLogic.dicomexport import INSTANCE_UIDS_ATTRIBUTE, candidateSetVolume
+from AmbiguousSAMLogic.dicomexport import INSTANCE_UIDS_ATTRIBUTE, DicomExport, candidateSetVolume
+from AmbiguousSAMLogic.geometry import ijkToRasMatrix
+from AmbiguousSAMLogic.nodes import PROBABILITY_REFERENCE_ROLE, candidateSetProbability
 from AmbiguousSAMLogic.rollback import nodeIds
 from conftest import OBLIQUE_SHAPE, SHARED_DATA
 from test_cli_segment import snapshot
 from test_mrml_logic import roiOverIjkBox
+from test_mrml_nodes import probabilityOnCtGrid
 
 SLAB = SHARED_DATA / "lidc-dicom" / "LIDC-IDRI-0001-slab"
 #: The nodule of LIDC-IDRI-0001 in the slab (slice 89 of the whole CT; the slab starts at its slice 83).
@@ -94,17 +99,23 @@ def test_a_real_candidate_set_exports_as_the_scenes_segments_voxel_for_voxel(mrm
     (i0, i1), (j0, j1) = NODULE_BOX_IJK
     roi = roiOverIjkBox(mrml_scene, slab_node, np.array([i0, j0, NODULE_SLICE - 0.4]),
                         np.array([i1, j1, NODULE_SLICE + 0.4]))
-    segmentationNode, heatmapNode = AmbiguousSAMLogic().process(slab_node, roi, samples=4, seed=0,
-                                                                segmenter=segmenter)
+    logic = AmbiguousSAMLogic()  # process()'s stages, to keep the model's result
+    result = logic.segment(logic.preparePrompt(slab_node, roi), samples=4, seed=0, segmenter=segmenter)
+    segmentationNode, heatmapNode = logic.createOutputNodes(slab_node, result)
     assert candidateSetVolume(segmentationNode) is slab_node
+    probabilityNode = candidateSetProbability(segmentationNode)
+    assert probabilityNode is not None, "the set keeps the model's mean probability"
+    np.testing.assert_array_equal(probabilityOnCtGrid(probabilityNode, slab_node),
+                                  result.paste(result.mean_probability))
     before = sceneState(mrml_scene)
     # The files in reverse order, as a script may list them: the export puts them in slice order.
-    out = exportCandidateSetToDicom(segmentationNode, heatmapNode, None, tmp_path / "dicom",
-                                    sourceFiles=slab_files[::-1])
+    exported = exportCandidateSetToDicom(segmentationNode, heatmapNode, None, tmp_path / "dicom",
+                                         sourceFiles=slab_files[::-1])
+    out = exported.folder
     assert out == tmp_path / "dicom"
     assert sceneState(mrml_scene) == before, "the export only reads the scene"
-    assert sorted(path.name for path in out.iterdir()) == sorted([SEGMENTATION_FILE, UNCERTAINTY_FILE, COLOURS_FILE]), \
-        "no probability SEG: the scene holds no mean probability"
+    assert sorted(path.name for path in out.iterdir()) == sorted(DICOM_FILES) == sorted(exported.files)
+    assert exported.leftOut == {}
 
     segmentIds = [*segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE),
                   *segmentIdsWithRole(segmentationNode, CONSENSUS_ROLE)]
@@ -129,13 +140,21 @@ def test_a_real_candidate_set_exports_as_the_scenes_segments_voxel_for_voxel(mrm
         assert f"score {str(score)}" in item.SegmentDescription
 
     source = pydicom.dcmread(slab_files[0], stop_before_pixels=True)
-    for name in (SEGMENTATION_FILE, UNCERTAINTY_FILE):
+    for name in (SEGMENTATION_FILE, PROBABILITY_FILE, UNCERTAINTY_FILE):
         dataset = pydicom.dcmread(out / name, stop_before_pixels=True)
         assert (dataset.StudyInstanceUID, dataset.FrameOfReferenceUID, dataset.PatientID) == \
             (source.StudyInstanceUID, source.FrameOfReferenceUID, source.PatientID), name
         (series,) = dataset.ReferencedSeriesSequence
         assert series.SeriesInstanceUID == source.SeriesInstanceUID, name
         assert {item.ReferencedSOPInstanceUID for item in series.ReferencedInstanceSequence} == set(uids), name
+
+    probability = pydicom.dcmread(out / PROBABILITY_FILE, stop_before_pixels=True)
+    assert (probability.SegmentationType, probability.SegmentationFractionalType, probability.MaximumFractionalValue,
+            len(probability.SegmentSequence)) == ("FRACTIONAL", "PROBABILITY", 255, 1)
+    fractions = hd.seg.segread(out / PROBABILITY_FILE).get_pixels_by_source_instance(uids, segment_numbers=[1])[..., 0]
+    expected = result.paste(result.mean_probability)
+    assert np.abs(fractions - expected).max() <= 0.5 / 255 + 1e-6, "the mean probability, in 1/255 steps"
+    assert fractions.max() > 0.5
 
     heatmap = slicer.util.arrayFromVolume(heatmapNode)
     parametric = pydicom.dcmread(out / UNCERTAINTY_FILE)
@@ -195,6 +214,10 @@ def shifted_copy(folder: Path, files: list[str], millimetres: float, new_uids: b
     ("another lesion's heatmap", CandidateSetError, "is not the uncertainty of"),
     ("no consensus", CandidateSetError, "holds 4 candidates and 0 consensus segments"),
     ("no score", CandidateSetError, "has no score"),
+    ("another lesion's probability", CandidateSetError, "is not that of the heatmap"),
+    ("probability off the grid", CandidateSetError, "is not on the grid of 'LIDC-IDRI-0001 slab'"),
+    ("probability under a transform", CandidateSetError, "are under different transforms"),
+    ("probability above 1", CandidateSetError, "holds values outside 0..1"),
 ])
 def test_refusals_change_neither_the_scene_nor_the_folder(mrml_scene, slab_node, slab_files, hand_built_set,
                                                           make_lesion_result, tmp_path, problem, error,
@@ -225,6 +248,22 @@ def test_refusals_change_neither_the_scene_nor_the_folder(mrml_scene, slab_node,
     elif problem == "no score":
         segmentation = segmentationNode.GetSegmentation()
         segmentation.GetSegment(segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE)[2]).RemoveTag(SCORE_TAG)
+    elif problem == "another lesion's probability":
+        other, _ = AmbiguousSAMLogic().createOutputNodes(
+            slab_node, make_lesion_result((16, 512, 512), offset=(3, 100, 100)))
+        segmentationNode.SetNodeReferenceID(PROBABILITY_REFERENCE_ROLE, candidateSetProbability(other).GetID())
+    elif problem == "probability off the grid":
+        probabilityNode = candidateSetProbability(segmentationNode)
+        matrix = ijkToRasMatrix(probabilityNode)
+        matrix[:3, 3] += 0.5 * matrix[:3, 0]  # half a voxel along i
+        probabilityNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
+    elif problem == "probability under a transform":
+        transformNode = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        candidateSetProbability(segmentationNode).SetAndObserveTransformNodeID(transformNode.GetID())
+    elif problem == "probability above 1":
+        probabilityNode = candidateSetProbability(segmentationNode)
+        slicer.util.arrayFromVolume(probabilityNode)[:] *= 2
+        slicer.util.arrayFromVolumeModified(probabilityNode)
     before, onDisk = sceneState(mrml_scene), snapshot(tmp_path)
     with pytest.raises(error, match=message) as raised:
         exportCandidateSetToDicom(segmentationNode, heatmapNode, slab_node, folder, sourceFiles=files,
@@ -240,11 +279,40 @@ def test_a_hand_built_set_exports_its_exact_arrays(mrml_scene, slab_node, slab_f
     result = make_lesion_result((16, 512, 512), offset=HAND_BUILT_OFFSET)
     segmentationNode, heatmapNode = AmbiguousSAMLogic().createOutputNodes(slab_node, result)
     out = exportCandidateSetToDicom(segmentationNode, heatmapNode, slab_node, tmp_path / "dicom",
-                                    sourceFiles=slab_files)
+                                    sourceFiles=slab_files).folder
     pixels = hd.seg.segread(out / SEGMENTATION_FILE).get_pixels_by_source_instance(
         instanceUids(slab_files), segment_numbers=[1, 2, 3, 4, 5])
     expected = np.concatenate([result.paste(result.candidates), result.paste(result.consensus)[None]])
     np.testing.assert_array_equal(np.moveaxis(pixels, -1, 0).astype(bool), expected)
+    fractions = hd.seg.segread(out / PROBABILITY_FILE).get_pixels_by_source_instance(
+        instanceUids(slab_files), segment_numbers=[1])[..., 0]
+    assert np.abs(fractions - result.paste(result.mean_probability)).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("how", ["its volume deleted", "loaded from a .seg.nrrd"])
+def test_a_set_without_its_mean_probability_exports_the_other_three_and_says_why(
+        mrml_scene, slab_node, slab_files, hand_built_set, tmp_path, how) -> None:
+    segmentationNode, heatmapNode = hand_built_set
+    if how == "its volume deleted":
+        mrml_scene.RemoveNode(candidateSetProbability(segmentationNode))
+    else:  # what `segment` writes, opened in Slicer: segments and tags only
+        storageNode = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+        storageNode.SetFileName(str(tmp_path / "candidates.seg.nrrd"))
+        assert storageNode.WriteData(segmentationNode)
+        segmentationNode = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Loaded candidates")
+        assert storageNode.ReadData(segmentationNode)
+    assert candidateSetProbability(segmentationNode) is None
+    before = sceneState(mrml_scene)
+    exported = exportCandidateSetToDicom(segmentationNode, heatmapNode, slab_node, tmp_path / "dicom",
+                                         sourceFiles=slab_files)
+    assert sceneState(mrml_scene) == before
+    assert isinstance(exported, DicomExport)
+    assert sorted(path.name for path in exported.folder.iterdir()) == \
+        sorted([SEGMENTATION_FILE, UNCERTAINTY_FILE, COLOURS_FILE]) == sorted(exported.files)
+    assert list(exported.leftOut) == [PROBABILITY_FILE]
+    assert f"'{segmentationNode.GetName()}' keeps no mean probability" in exported.leftOut[PROBABILITY_FILE]
+    assert "run the segmentation again" in exported.leftOut[PROBABILITY_FILE]
+    assert hd.seg.segread(exported.folder / SEGMENTATION_FILE).number_of_segments == 5
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,
@@ -252,8 +320,10 @@ def test_a_hand_built_set_exports_its_exact_arrays(mrml_scene, slab_node, slab_f
 def test_dciodvfy_finds_no_errors_in_the_export(mrml_scene, slab_node, slab_files, hand_built_set, tmp_path) -> None:
     import subprocess
 
-    out = exportCandidateSetToDicom(*hand_built_set, slab_node, tmp_path / "dicom", sourceFiles=slab_files)
-    for name in (SEGMENTATION_FILE, UNCERTAINTY_FILE, COLOURS_FILE):
+    exported = exportCandidateSetToDicom(*hand_built_set, slab_node, tmp_path / "dicom", sourceFiles=slab_files)
+    out = exported.folder
+    assert exported.files == DICOM_FILES, "the probability SEG too"
+    for name in DICOM_FILES:
         run = subprocess.run(["dciodvfy", "-new", str(out / name)], capture_output=True, text=True, timeout=120)
         errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{name}:\n" + "\n".join(errors)

@@ -1,5 +1,6 @@
-"""Candidates and heatmap as Slicer nodes: voxel-exact on an oblique anisotropic CT, all or nothing, savable, and a
-command-line result opened in Slicer as a candidate set.
+"""Candidates, heatmap and mean probability as Slicer nodes: voxel-exact on an oblique anisotropic CT, all or nothing,
+savable (the mean probability found again from its set after the scene is saved and reopened), removed together,
+and a command-line result opened in Slicer as a candidate set.
 
 The LesionResults are built by hand (conftest.make_lesion_result) with real arrays, so these tests need no model.
 """
@@ -22,7 +23,8 @@ from AmbiguousSAMLogic import (AmbiguousSAMLogic, acceptCandidate, adoptCandidat
                                removeOutputNodes, segmentIdsWithRole, setHeatmapColorNode, showCandidates)
 from AmbiguousSAMLogic.colormap import uncertaintyColorNode
 from AmbiguousSAMLogic.geometry import ijkToRasMatrix
-from AmbiguousSAMLogic.nodes import (CANDIDATES_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, createCandidateSegmentation,
+from AmbiguousSAMLogic.nodes import (CANDIDATES_ATTRIBUTE, PROBABILITY_ATTRIBUTE, PROBABILITY_REFERENCE_ROLE,
+                                     UNCERTAINTY_ATTRIBUTE, candidateSetProbability, createCandidateSegmentation,
                                      createUncertaintyVolume)
 from AmbiguousSAMLogic.rollback import nodeIds, removeAddedNodesOnError
 
@@ -90,12 +92,68 @@ def test_heatmap_has_the_ct_geometry_and_the_pasted_uncertainty(oblique_volume, 
     assert heatmapNode.GetAttribute(UNCERTAINTY_ATTRIBUTE) == "entropy"
 
 
+def probabilityOnCtGrid(probabilityNode, volumeNode) -> np.ndarray:
+    """The mean-probability volume placed on the CT's grid through its own IJK-to-RAS matrix (zero outside it)."""
+    toCt = np.linalg.inv(ijkToRasMatrix(volumeNode)) @ ijkToRasMatrix(probabilityNode)
+    np.testing.assert_allclose(toCt[:3, :3], np.eye(3), atol=1e-9)  # the CT's axes and spacing
+    np.testing.assert_allclose(toCt[:3, 3], np.round(toCt[:3, 3]), atol=1e-6)  # a whole-voxel offset
+    i0, j0, k0 = (int(v) for v in np.round(toCt[:3, 3]))
+    block = slicer.util.arrayFromVolume(probabilityNode)
+    full = np.zeros(tuple(reversed(volumeNode.GetImageData().GetDimensions())), dtype=np.float32)
+    full[k0:k0 + block.shape[0], j0:j0 + block.shape[1], i0:i0 + block.shape[2]] = block
+    return full
+
+
+def test_a_candidate_set_keeps_its_mean_probability_on_the_ct_grid_hidden_from_the_views(mrml_scene, oblique_volume,
+                                                                                        result):
+    views = [mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    segmentationNode, heatmapNode = AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+    probabilityNode = candidateSetProbability(segmentationNode)
+    assert probabilityNode is not None
+    assert segmentationNode.GetNodeReferenceID(PROBABILITY_REFERENCE_ROLE) == probabilityNode.GetID()
+    assert probabilityNode.GetName() == "Oblique CT candidates mean probability"
+    assert probabilityNode.GetAttribute(PROBABILITY_ATTRIBUTE) == "1"
+    assert probabilityNode.GetAttribute(UNCERTAINTY_ATTRIBUTE) is None, "not listed as a heatmap"
+    voxels = slicer.util.arrayFromVolume(probabilityNode)
+    assert voxels.dtype == np.float32 and voxels.shape == result.consensus.shape, "the lesion box only"
+    np.testing.assert_array_equal(probabilityOnCtGrid(probabilityNode, oblique_volume),
+                                  result.paste(result.mean_probability))
+    assert probabilityNode.GetSaveWithScene() and not probabilityNode.GetHideFromEditors(), "saved with the scene"
+    for view in views:  # a volume shows in a slice view only as one of its layers
+        assert probabilityNode.GetID() not in (view.GetBackgroundVolumeID(), view.GetForegroundVolumeID(),
+                                               view.GetLabelVolumeID())
+    display = probabilityNode.GetDisplayNode()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((0.0, 1.0))
+
+
+def test_the_mean_probability_is_found_again_after_the_scene_is_saved_and_reopened(mrml_scene, oblique_volume, result,
+                                                                                  tmp_path):
+    segmentationNode, heatmapNode = AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+    for node in (oblique_volume, segmentationNode, heatmapNode, candidateSetProbability(segmentationNode)):
+        assert node.AddDefaultStorageNode()  # as the Save dialog does
+        storageNode = node.GetStorageNode()
+        storageNode.SetFileName(str(tmp_path / f"{node.GetID()}.{storageNode.GetDefaultWriteFileExtension()}"))
+        assert storageNode.WriteData(node)
+    mrml_scene.SetRootDirectory(str(tmp_path))
+    mrml_scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert mrml_scene.Commit()
+
+    reopened = slicer.vtkMRMLScene()
+    reopened.SetURL(str(tmp_path / "scene.mrml"))
+    assert reopened.Import()
+    probabilityNode = candidateSetProbability(reopened.GetNodeByID(segmentationNode.GetID()))
+    assert probabilityNode is not None and probabilityNode.GetAttribute(PROBABILITY_ATTRIBUTE) == "1"
+    np.testing.assert_array_equal(probabilityOnCtGrid(probabilityNode, reopened.GetNodeByID(oblique_volume.GetID())),
+                                  result.paste(result.mean_probability))
+
+
 def test_outputs_follow_the_ct_parent_transform(mrml_scene, oblique_volume, result):
     transformNode = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     oblique_volume.SetAndObserveTransformNodeID(transformNode.GetID())
     segmentationNode, heatmapNode = AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
     assert segmentationNode.GetTransformNodeID() == transformNode.GetID()
     assert heatmapNode.GetTransformNodeID() == transformNode.GetID()
+    assert candidateSetProbability(segmentationNode).GetTransformNodeID() == transformNode.GetID()
 
 
 def test_existing_nodes_and_segments_are_untouched(mrml_scene, oblique_volume, result):
@@ -124,6 +182,8 @@ def test_repeated_runs_get_unique_names_and_share_one_colour_map(mrml_scene, obl
     first = logic.createOutputNodes(oblique_volume, result)
     second = logic.createOutputNodes(oblique_volume, result)
     assert len({node.GetName() for node in first + second}) == 4
+    assert candidateSetProbability(second[0]).GetName() == f"{second[0].GetName()} mean probability"
+    assert candidateSetProbability(first[0]) is not candidateSetProbability(second[0])
     colorNodes = {node.GetDisplayNode().GetColorNodeID() for node in (first[1], second[1])}
     assert colorNodes == {uncertaintyColorNode(mrml_scene).GetID()}
     assert len(slicer.util.getNodes("AmbiguousSAM uncertainty*", scene=mrml_scene)) == 1
@@ -140,6 +200,14 @@ def test_half_built_outputs_are_removed_when_building_fails(mrml_scene, oblique_
     result.entropy = result.entropy[:, :-1]  # malformed: the heatmap cannot be pasted after the segmentation is built
     before = nodeIds(mrml_scene)
     with pytest.raises(ValueError):
+        AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
+    assert nodeIds(mrml_scene) == before
+
+
+def test_a_failure_building_the_mean_probability_removes_the_whole_set(mrml_scene, oblique_volume, result):
+    result.mean_probability = result.mean_probability[:, :-1]  # the last node built fails: the others go too
+    before = nodeIds(mrml_scene)
+    with pytest.raises(ValueError, match="mean probability"):
         AmbiguousSAMLogic().createOutputNodes(oblique_volume, result)
     assert nodeIds(mrml_scene) == before
 
@@ -301,3 +369,23 @@ def test_removing_outputs_takes_their_display_nodes_but_keeps_the_shared_colour_
     colorNodeId = uncertaintyColorNode(mrml_scene).GetID()
     removeOutputNodes(list(outputs))
     assert nodeIds(mrml_scene) == before + [colorNodeId]
+
+
+def test_removing_a_set_takes_its_mean_probability_but_never_a_node_it_does_not_own(mrml_scene, oblique_volume,
+                                                                                  result):
+    logic = AmbiguousSAMLogic()
+    segmentationNode, heatmapNode = logic.createOutputNodes(oblique_volume, result)
+    probabilityNode = candidateSetProbability(segmentationNode)
+    # A clone of the set (as Data's "Clone" copies node references) keeps the volume while it stays.
+    clone = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Clone")
+    clone.SetNodeReferenceID(PROBABILITY_REFERENCE_ROLE, probabilityNode.GetID())
+    removeOutputNodes([segmentationNode, heatmapNode])
+    assert segmentationNode.GetScene() is None and probabilityNode.GetScene() is mrml_scene
+    removeOutputNodes([clone])
+    assert probabilityNode.GetScene() is None
+    # A reference pointed at the user's own volume: removing the set leaves that volume alone.
+    other, otherHeatmap = logic.createOutputNodes(oblique_volume, result)
+    userVolume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "The user's volume")
+    other.SetNodeReferenceID(PROBABILITY_REFERENCE_ROLE, userVolume.GetID())
+    removeOutputNodes([other, otherHeatmap])
+    assert userVolume.GetScene() is mrml_scene and oblique_volume.GetScene() is mrml_scene

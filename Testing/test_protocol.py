@@ -12,6 +12,7 @@ import pytest
 from AmbiguousSAMLib.protocol import (ProtocolError, decode_array, decode_job, decode_region, decode_result,
                                       encode_array, encode_job, encode_region, encode_result)
 from AmbiguousSAMLib.region import LesionRegion, lesion_region
+from AmbiguousSAMLib.review_flag import ReviewFlag
 
 from conftest import MODULE_DIR
 
@@ -66,6 +67,28 @@ def test_a_result_round_trips_exactly(make_lesion_result) -> None:
         assert back.dtype == original.dtype and np.array_equal(back, original), name
     assert decoded.offset == tuple(result.offset) and decoded.volume_shape == tuple(result.volume_shape)
     assert decoded.info == {"source": "hand-built test data", "scores": 0.5}
+
+
+def test_expected_quality_and_the_review_flag_travel_with_a_result(make_lesion_result) -> None:
+    result = make_lesion_result((20, 40, 50))
+    result.quality = np.array([0.61, 0.52, 0.7, 0.33], np.float32)
+    result.review = ReviewFlag.from_disagreement(0.58)
+    decoded = decode_result(through_json(encode_result(result)))
+    assert decoded.quality.dtype == np.float32 and np.array_equal(decoded.quality, result.quality)
+    assert decoded.review == result.review
+    unscored = decode_result(through_json(encode_result(make_lesion_result((20, 40, 50)))))
+    assert unscored.quality is None and unscored.review.state == "not available"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"quality": encode_array(np.ones(3, np.float32))}, "one value per candidate"),
+    ({"review": {"state": "maybe", "threshold": 0.5}}, "'result.review' is not a review flag"),
+    ({"review": {"state": "needs review", "predicted_disagreement": None, "threshold": 0.5}}, "exactly when"),
+])
+def test_a_result_with_a_bad_quality_or_flag_is_refused(make_lesion_result, change: dict, reason: str) -> None:
+    message = {**through_json(encode_result(make_lesion_result((20, 40, 50)))), **change}
+    with pytest.raises(ProtocolError, match=reason):
+        decode_result(message)
 
 
 def test_a_job_round_trips_and_its_numbers_are_checked() -> None:

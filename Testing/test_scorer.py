@@ -11,11 +11,11 @@ import torch
 from AmbiguousSAMLib import metrics
 from AmbiguousSAMLib.cli import main
 from AmbiguousSAMLib.errors import CheckpointError, InvalidSettingError
-from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, read_checkpoint
+from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, read_checkpoint
 from AmbiguousSAMLib.heads.scorer import UncertainSAMScorer
 from AmbiguousSAMLib.heads.scorer_checkpoint import SCORER, load_scorer, save_scorer
 from AmbiguousSAMLib.heads.scorer_inputs import candidate_features, decoder_readout
-from AmbiguousSAMLib.preprocessing import ModelFrame
+from AmbiguousSAMLib.preprocessing import ModelFrame, model_input
 from AmbiguousSAMLib.training.scorer_fit import fit_scorer, per_estimate_mse, split_patients
 from AmbiguousSAMLib.training.batches import BOX_MARGINS, union_box
 from AmbiguousSAMLib.training.scorer_targets import (EMPTY_LOGIT, ScorerExamples, box_targets, candidate_quality,
@@ -158,6 +158,23 @@ def test_score_rates_each_candidate_of_a_box(real_cache, trained, backbone) -> N
     estimate = scorer.score(backbone, embedding, box, candidates)
     assert estimate.quality.shape == (3,) and len(set(np.round(estimate.quality, 6))) == 3
     assert all(0 <= value <= 1 for value in (estimate.disagreement, estimate.task_gap, estimate.prompt_gap))
+
+
+def test_scoring_the_heads_own_z_free_pass_equals_the_scorers_pass(real_cache, backbone) -> None:
+    """The product reads the transformer pass the shipped head ran for its gate instead of a second one: the
+    estimates must be those of the scorer's own pass, although the head fine-tuned its copy of the single-mask
+    hypernetwork (the reference mask comes from the backbone's)."""
+    head, scorer = load_head(backbone), load_scorer(backbone)
+    crops = real_cache.crops()
+    frame = ModelFrame.for_image(crops["masks"].shape[-2:], backbone.image_size)
+    box = torch.from_numpy(frame.box_to_model(metrics.protocol_box(crops["masks"][0])))[None]
+    embedding = torch.from_numpy(np.asarray(real_cache.embeddings()[0], dtype=np.float32))[None]
+    drawn = head.sample(embedding, box, 16, 0, image=model_input(crops["images"][0], backbone.image_size)[0])
+    assert drawn.decoder_state is not None
+    reused = scorer.score(backbone, embedding, box, drawn.logits, drawn.decoder_state)
+    own = scorer.score(backbone, embedding, box, drawn.logits)
+    np.testing.assert_allclose(reused.quality, own.quality, atol=1e-5)
+    assert reused.disagreement == pytest.approx(own.disagreement, abs=1e-5) and np.ptp(reused.quality) > 0
 
 
 def test_fitting_holds_out_whole_patients() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy.stats import spearmanr
 
 from AmbiguousSAMLib.errors import InvalidBoxError, InvalidImageError
-from AmbiguousSAMLib.metrics import dice, generalized_energy_distance
+from AmbiguousSAMLib.heads.scorer_checkpoint import DEFAULT_SCORER
+from AmbiguousSAMLib.metrics import dice, generalized_energy_distance, majority_vote, pairwise_iou
 from AmbiguousSAMLib.segmenter import PROPAGATION_MARGIN, LesionSegmenter, _SliceResult
 
 from conftest import LIDC_DEMO_CT
@@ -60,6 +62,28 @@ def test_lidc_nodule_candidates_against_four_radiologists(segmenter: LesionSegme
     assert ged < ged_single
     assert result.mean_probability.shape == result.consensus.shape
     assert np.all(result.mutual_information >= 0) and np.all(result.entropy >= result.mutual_information - 1e-6)
+    # The shipped scorer's expected 3D quality ranks the candidates by their true 3D IoU with the raters' majority.
+    truth = pairwise_iou(candidates, majority_vote(raters)[None])[:, 0]
+    rho = spearmanr(result.quality, truth).statistic
+    print(f"expected quality vs true 3D IoU with the majority: Spearman {rho:.2f} (typicality "
+          f"{spearmanr(result.scores, truth).statistic:.2f}); review: {result.review}")
+    assert result.quality.shape == (16,) and ((0 <= result.quality) & (result.quality <= 1)).all() and rho > 0.5
+    assert result.review.state in ("needs review", "no review needed") and result.info["scorer"] == DEFAULT_SCORER.name
+
+
+@pytest.mark.parametrize("content", [None, b"not a scorer at all"])
+def test_a_missing_or_corrupt_scorer_warns_once_and_the_click_still_runs(lidc, tmp_path, content) -> None:
+    volume, spacing, _ = lidc
+    path = tmp_path / "scorer.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.warns(RuntimeWarning, match="without the UncertainSAM scorer") as warned:
+        unscored = LesionSegmenter(device="cpu", scorer=path)
+    assert len(warned) == 1 and str(path) in str(warned[0].message)
+    result = unscored.segment(volume, LIDC_BOX, LIDC_SLICE, spacing, samples=4, seed=0, propagate=False)
+    assert result.candidates.shape[0] == 4 and result.candidates.any()
+    assert result.quality is None and result.review.state == "not available" and str(path) in result.review.reason
+    assert result.info["scorer"] is None
 
 
 def test_same_seed_same_candidates_and_reruns_only_decode(segmenter: LesionSegmenter, lidc) -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import AmbiguousSAMError
+from .head_names import HEAD_HELP
 from .limits import RUNTIMES
 
 
@@ -230,10 +231,15 @@ def _train_scorer(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .jobs import (SegmentJob, check_dicom_input, check_dicom_options, check_input, check_outputs, read_jobs,
-                       run_job)
+    from .jobs import (REVIEW_COLUMNS, SegmentJob, check_dicom_input, check_dicom_options, check_input,
+                       check_outputs, check_review_table, read_jobs, review_table, run_job, write_review_table)
 
     bad_rows: list[tuple[int, str]] = []
+    if args.review_table is not None:
+        if not args.batch:
+            raise AmbiguousSAMError("--review-table lists the lesions of a --batch; with one INPUT, its summary.json "
+                                    "holds the review flag.")
+        check_review_table(Path(args.review_table), args.overwrite)
     if args.batch:
         if args.series_uid is not None or args.dicom_out is not None:
             raise AmbiguousSAMError("--series-uid and --dicom-out go with one INPUT, not with --batch (each row has "
@@ -282,22 +288,41 @@ def _segment(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     segmenter = LesionSegmenter(backbone=args.backbone, head=args.head, checkpoint=args.checkpoint,
-                                device=args.device, precision=args.precision, runtime=args.runtime)
+                                device=args.device, precision=args.precision, runtime=args.runtime,
+                                scorer=args.scorer)
     failures = len(refused) + len(bad_rows)
+    done = []
     for job in tqdm(ready, desc="segment", disable=len(jobs) == 1):
         try:
             summary = run_job(segmenter, job, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct)
+            done.append((job, summary))
             volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
             print(f"{job.input} -> {job.out}: {len(summary['candidates'])} candidates ({volumes} mm^3), "
-                  f"{summary['seconds']:.1f} s" + (f"; DICOM objects in {job.dicom_out}" if job.dicom_out else ""))
+                  f"{summary['seconds']:.1f} s; review: {summary['review']['state']}"
+                  + (f"; DICOM objects in {job.dicom_out}" if job.dicom_out else ""))
         except AmbiguousSAMError as error:
             if len(jobs) == 1:
                 raise
             failures += 1
             print(f"{job.input}: skipped: {error}", file=sys.stderr)
+    if args.batch and done:
+        rows = review_table(done)
+        print(f"\nLesions to review first ({sum(row['review'] == 'needs review' for row in rows)} of {len(rows)} "
+              "flagged; flagged first, then by predicted expert disagreement):")
+        _print_table(REVIEW_COLUMNS, [[row[column] or "-" for column in REVIEW_COLUMNS] for row in rows])
+        if args.review_table is not None:
+            write_review_table(Path(args.review_table), rows)
+            print(f"wrote {args.review_table}")
     if failures:
         raise AmbiguousSAMError(f"{failures} of {len(jobs) + len(bad_rows)} cases failed or were refused (see "
                                 "above); the others were written.")
+
+
+def _print_table(header: tuple[str, ...], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell, so a table reads in a terminal."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for line in [list(header), *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -311,7 +336,7 @@ def _serve(args: argparse.Namespace) -> None:
                        keyfile=args.keyfile, max_request_mb=args.max_request_mb, ready_file=args.ready_file,
                        exit_with_stdin=args.exit_with_stdin, backbone=args.backbone, head=args.head,
                        checkpoint=args.checkpoint, device=args.device, precision=args.precision,
-                       runtime=args.runtime))
+                       runtime=args.runtime, scorer=args.scorer))
 
 
 def _progress(label: str):
@@ -327,6 +352,16 @@ def _progress(label: str):
             bar["bar"].close()
 
     return update
+
+
+def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
+    """--scorer PATH / --no-scorer: which UncertainSAM scorer rates the candidates (a file that cannot be read is
+    a warning, and the run goes on without scores)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--scorer", default="default", help="UncertainSAM scorer file that gives each candidate its "
+                        "expected quality and each lesion its review flag (default: the shipped LIDC scorer)")
+    choice.add_argument("--no-scorer", dest="scorer", action="store_const", const=None,
+                        help="no scorer: no expected quality, review flag 'not available'")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -450,15 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--box-lps", nargs=6, type=float, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"))
     segment.add_argument("-o", "--out", help="output folder (written atomically)")
     segment.add_argument("--batch", help="CSV of jobs: input,out,i0,j0,i1,j1,slice[,samples,seed]")
+    segment.add_argument("--review-table", metavar="FILE.csv", help="with --batch: also write the printed table of "
+                         "lesions, those flagged for review first, as CSV")
     segment.add_argument("--series-uid", metavar="UID", help="the series to read when the DICOM folder holds several")
     segment.add_argument("--dicom-out", metavar="DIR", help="also write DICOM SEG (candidates + consensus; mean "
                          "probability), a Parametric Map (uncertainty) and its colour presentation state, referencing "
                          "the input series, into this new folder (DICOM input only)")
     segment.add_argument("--samples", type=int, default=16)
     segment.add_argument("--seed", type=int, default=0)
-    segment.add_argument("--head", default="default", help="'default' (shipped LIDC head), 'deterministic' or a path")
+    segment.add_argument("--head", default="default", help=HEAD_HELP)
     segment.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     segment.add_argument("--allow-non-ct", action="store_true", help="segment volumes that are not CT in HU")
+    _add_scorer_options(segment)
     _add_model_options(segment)
     segment.set_defaults(run=_segment, precision="bf16")
     serve = commands.add_parser("serve", help="keep the model loaded in this process and answer clicks over HTTP "
@@ -472,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", type=Path, help="write {url, pid, version} here once the model is loaded")
     serve.add_argument("--exit-with-stdin", action="store_true", help="shut down when stdin closes (the parent "
                                                                       "process holds it)")
-    serve.add_argument("--head", default="default", help="'default' (shipped LIDC head), 'deterministic' or a path")
+    serve.add_argument("--head", default="default", help=HEAD_HELP)
+    _add_scorer_options(serve)
     _add_model_options(serve)
     serve.set_defaults(run=_serve, precision="bf16")
     return parser

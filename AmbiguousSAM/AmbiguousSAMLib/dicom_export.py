@@ -89,9 +89,10 @@ def write_dicom_outputs(out: str | Path, result: LesionResult, source_datasets: 
     `source_datasets` are the CT series the result was computed on (headers suffice), in any order: they are put
     in slice order along the slice normal, the k order of SimpleITK's and Slicer's DICOM readers, which must have
     produced the result's (k, j, i) arrays. `source` (the input folder) is never written into. `probability=False`
-    leaves the probability SEG out (and `result.mean_probability` unread): a candidate set in Slicer's scene holds
-    no mean probability (AmbiguousSAMLogic/dicomexport.py); an earlier probability SEG in `out` is then not ours
-    to replace, and is refused like any other file.
+    leaves the probability SEG out (and `result.mean_probability` unread): a candidate set in Slicer's scene that
+    keeps no mean-probability volume (opened from a .seg.nrrd, or made by an earlier version;
+    AmbiguousSAMLogic/dicomexport.py); an earlier probability SEG in `out` is then not ours to replace, and is
+    refused like any other file.
     """
     datasets = slice_order(source_datasets, result)
     names = DICOM_FILES if probability else tuple(name for name in DICOM_FILES if name != PROBABILITY_FILE)

@@ -4,6 +4,8 @@ A batch shares one loaded model; a failing case is reported and skipped so the o
 folders are checked before the model loads, so a wrong -o costs nothing and never waits behind a segmentation; so
 are a DICOM folder's headers (series, slice positions, modality), so a folder the reader would refuse exits fast.
 CSV columns: `input,out,i0,j0,i1,j1,slice` (voxel box on axial slice `slice`), optionally `samples,seed`.
+A finished batch is listed lesion by lesion, those whose review flag is set first (`review_table`), so a reader
+starts with the lesions radiologists would most likely disagree on.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import TYPE_CHECKING
 from .errors import AmbiguousSAMError
 from .limits import check_samples, check_seed
 from .outputs import check_output_folder, write_outputs
+from .review_flag import ReviewFlag, review_order
 from .volume_io import check_dicom_series, physical_box_to_ijk, read_volume
 
 if TYPE_CHECKING:
     from .segmenter import LesionSegmenter  # torch: loaded only once the jobs and their outputs are checked
 
 REQUIRED_COLUMNS = ("input", "out", "i0", "j0", "i1", "j1", "slice")
+#: Columns of the batch's review table (printed, and written with --review-table).
+REVIEW_COLUMNS = ("review", "predicted_disagreement", "input", "out", "best_candidate", "expected_quality")
 
 
 @dataclass
@@ -170,3 +175,42 @@ def run_job(segmenter: LesionSegmenter, job: SegmentJob, overwrite: bool = False
 
         write_dicom_outputs(job.dicom_out, result, read_source_datasets(volume.files), overwrite, job.input)
     return json.loads((out / "summary.json").read_text())
+
+
+def review_table(done: list[tuple[SegmentJob, dict]]) -> list[dict[str, str]]:
+    """One row per segmented lesion (its job and summary.json), flagged lesions first (review_flag.review_order):
+    the flag, the predicted disagreement behind it, where the result is, and its best candidate."""
+    flags = [ReviewFlag.from_dict(summary["review"]) for _job, summary in done]
+    rows = []
+    for index in review_order(flags):
+        job, summary = done[index]
+        best = summary["candidates_best_first"][0]
+        quality = next(c["expected_quality"] for c in summary["candidates"] if c["name"] == best)
+        disagreement = flags[index].disagreement
+        rows.append({"review": flags[index].state,
+                     "predicted_disagreement": "" if disagreement is None else f"{disagreement:.3f}",
+                     "input": str(job.input), "out": str(job.out), "best_candidate": best,
+                     "expected_quality": "" if quality is None else f"{quality:.3f}"})
+    return rows
+
+
+def check_review_table(path: Path, overwrite: bool = False) -> None:
+    """Refuse a review table path that cannot be written, before any model work."""
+    if path.is_dir():
+        raise AmbiguousSAMError(f"--review-table {path} is a folder; give the path of a .csv file.")
+    if path.exists() and not overwrite:
+        raise AmbiguousSAMError(f"--review-table {path} exists; choose another file, or pass --overwrite to replace "
+                                "it.")
+    if not path.absolute().parent.is_dir():
+        raise AmbiguousSAMError(f"The folder of --review-table {path} does not exist; create it or choose another "
+                                "path.")
+
+
+def write_review_table(path: Path, rows: list[dict[str, str]]) -> None:
+    """The review table as CSV (a temporary file moved into place, so a reader never sees half of it)."""
+    staging = path.with_name(f".{path.name}.tmp")
+    with staging.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=REVIEW_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    staging.replace(path)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .review_flag import ReviewFlag
+
 
 @dataclass
 class LesionResult:
@@ -36,6 +38,11 @@ class LesionResult:
     volume_shape: tuple[int, int, int]
     #: Free-form provenance (backbone, head, seed, slices visited, timings).
     info: dict = field(default_factory=dict)
+    #: (K,) float32: the UncertainSAM scorer's expected 3D IoU of each candidate with the raters' majority
+    #: (segmenter.expected_3d_quality); None when no scorer ran. Candidates are browsed best first by it.
+    quality: np.ndarray | None = None
+    #: Whether radiologists would disagree about this lesion (review_flag.py); "not available" without a scorer.
+    review: ReviewFlag = field(default_factory=lambda: ReviewFlag.not_available("no scorer ran"))
 
     @property
     def num_candidates(self) -> int:

@@ -2,9 +2,11 @@
 
 - `candidates.seg.nrrd`: one segment per candidate + "Consensus", each its own layer (they overlap), stored
   for the lesion's box with Slicer's extent offset, so Slicer and slicerio place it on the CT grid; every segment
-  carries the candidate table's role and score tags, so Slicer's module opens the file as a candidate set;
+  carries the candidate table's role, score and expected-quality tags (the consensus the review flag), so Slicer's
+  module opens the file as a candidate set;
 - `uncertainty.nrrd`: float32 entropy of the mean, exactly the CT's size, origin, spacing and direction;
-- `summary.json`: candidate volumes (mm^3) and scores, the lesion box, provenance;
+- `summary.json`: candidate volumes (mm^3), typicality and expected quality, the order to offer them in, the
+  lesion's review flag with its value, threshold and rule, the lesion box, provenance;
 - `montage.png`: the clicked slice with candidate outlines, and the heatmap.
 
 An output folder belongs to its result. The files are written into a temporary folder first, so a failure never
@@ -26,7 +28,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .candidate_table import candidate_table
+from .candidate_table import best_first, candidate_table
 from .errors import AmbiguousSAMError
 from .lesion import LesionResult
 
@@ -126,7 +128,8 @@ def write_segmentation(path: Path, result: LesionResult, image: sitk.Image) -> N
         "ijkToLPS": matrix,
         "referenceImageExtentOffset": [i0, j0, k0],
         "segments": [{"id": f"segment_{n}", "name": entry.name, "color": entry.colour, "labelValue": 1, "layer": n,
-                      "tags": entry.tags} for n, entry in enumerate(candidate_table(result.scores))],
+                      "tags": entry.tags}
+                     for n, entry in enumerate(candidate_table(result.scores, result.quality, result.review))],
     }
     slicerio.write_segmentation(str(path), segmentation)
 
@@ -141,13 +144,19 @@ def summarise(result: LesionResult, image: sitk.Image, source: str) -> dict:
     voxel_mm3 = float(np.prod(image.GetSpacing()))
     k0, j0, i0 = result.offset
     dk, dj, di = result.consensus.shape
+    entries = candidate_table(result.scores, result.quality, result.review)
     return {
         "input": source,
-        "candidates": [{"name": entry.name, "volume_mm3": float(mask.sum() * voxel_mm3), "score": entry.score}
-                       for entry, mask in zip(candidate_table(result.scores), result.candidates)],
+        "candidates": [{"name": entry.name, "volume_mm3": float(mask.sum() * voxel_mm3), "score": entry.score,
+                        "expected_quality": entry.quality} for entry, mask in zip(entries, result.candidates)],
+        "candidates_best_first": [entries[index].name for index in best_first(result.scores, result.quality)],
         "consensus_volume_mm3": float(result.consensus.sum() * voxel_mm3),
         "lesion_box_ijk": {"min": [i0, j0, k0], "max": [i0 + di - 1, j0 + dj - 1, k0 + dk - 1]},
         "score_meaning": "mean 3D IoU of the candidate with the other candidates",
+        "expected_quality_meaning": "the UncertainSAM scorer's expected 3D IoU of the candidate with the raters' "
+                                    "majority: its per-slice estimates weighted by the slice's union of the candidate "
+                                    "and the consensus (null: no scorer ran)",
+        "review": result.review.as_dict(),
         "uncertainty": "entropy of the mean probability (nats), in uncertainty.nrrd",
         **{key: value for key, value in result.info.items()},
     }

@@ -22,9 +22,11 @@ import numpy as np
 from .errors import ServerError
 from .lesion import LesionResult
 from .region import LesionRegion
+from .review_flag import ReviewFlag
 
-#: Bumped when a message changes incompatibly; the server reports it in /v1/health.
-PROTOCOL_VERSION = 1
+#: Bumped when a message changes incompatibly; the server reports it in /v1/health. 2: a result carries the
+#: candidates' expected quality and the lesion's review flag.
+PROTOCOL_VERSION = 2
 #: The dtypes an array may have on the wire: those a CT or a result holds (no objects, no complex numbers).
 ARRAY_DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
                           "float16", "float32", "float64"})
@@ -118,16 +120,28 @@ def encode_result(result: LesionResult) -> dict:
             "mean_probability": encode_array(result.mean_probability), "entropy": encode_array(result.entropy),
             "mutual_information": encode_array(result.mutual_information), "scores": encode_array(result.scores),
             "offset": list(result.offset), "volume_shape": list(result.volume_shape),
-            "info": json.loads(json.dumps(result.info, default=_plain))}
+            "info": json.loads(json.dumps(result.info, default=_plain)),
+            "quality": None if result.quality is None else encode_array(result.quality),
+            "review": result.review.as_dict()}
 
 
 def decode_result(message: Any) -> LesionResult:
     where = "result"
     arrays = {name: decode_array(_field(message, name, dict, where), f"{where}.{name}")
               for name in ("candidates", "consensus", "mean_probability", "entropy", "mutual_information", "scores")}
+    quality = _field(message, "quality", (dict, type(None)), where)
+    if quality is not None:
+        quality = decode_array(quality, f"{where}.quality")
+        if quality.shape != arrays["scores"].shape:
+            raise ProtocolError(f"'{where}.quality' has shape {quality.shape}; it needs one value per candidate, "
+                                f"{arrays['scores'].shape}.")
+    try:
+        review = ReviewFlag.from_dict(_field(message, "review", dict, where))
+    except ValueError as error:
+        raise ProtocolError(f"'{where}.review' is not a review flag: {error}.") from None
     return LesionResult(**arrays, offset=tuple(_integers(message, "offset", where, length=3)),
                         volume_shape=tuple(_integers(message, "volume_shape", where, length=3)),
-                        info=_field(message, "info", dict, where))
+                        info=_field(message, "info", dict, where), quality=quality, review=review)
 
 
 def encode_job(region: LesionRegion, samples: int, seed: int) -> dict:

@@ -18,6 +18,19 @@ is decoded there and the first K non-empty ones are kept (rejection sampling; em
 few are non-empty). A kept sample's rank is below pi on the clicked slice, so it stays marked on every slice
 where the gate is at least as sure, and drops out where pi falls below its rank: candidates disagree about
 the lesion's extent above and below, as the raters do.
+
+SeqSAM (heads/seqsam.py) draws nothing at random: candidate m is step m of its recurrence on every slice, the
+m-th opinion of one canonical sequence, and the seed changes nothing. Its candidates are not conditioned on the
+clicked slice: a pool to choose from would be more steps of the recurrence (4K decoder passes where K already cost
+K, on steps far beyond the 8 it was trained on), and candidate m would no longer be its m-th opinion. A step left
+empty on the clicked slice stays in the set as that opinion ("not marked here"); on LIDC-IDRI-0001 none is
+(Testing/test_seqsam_3d.py).
+
+The UncertainSAM scorer (heads/scorer.py) rates every slice's candidates from the z-free decoder pass the head
+already ran for its gate (no second pass): each candidate's expected IoU with the raters' majority, combined over
+the slices into an expected 3D IoU (`expected_3d_quality`), and the raters' expected disagreement, whose value on
+the clicked slice sets the lesion's review flag (review_flag.py). Without a scorer file the segmentation runs
+unchanged and the flag says "not available".
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +47,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import CancelledError
+from .errors import CancelledError, CheckpointError
 from .heads.baselines import Deterministic
-from .heads.checkpoint import DEFAULT_HEAD, load_head
+from .head_names import DETERMINISTIC, SHIPPED_HEAD_FILES
+from .heads.checkpoint import load_any_head, shipped_model
 from .heads.probabilistic_sam import LatentNoise
-from .heads.sampler import Sampler
+from .heads.sampler import Sampler, Samples
+from .heads.scorer import UncertainSAMScorer
+from .heads.scorer_checkpoint import DEFAULT_SCORER, load_scorer
 from .lesion import LesionResult
 from .limits import check_samples, check_seed
 from .metrics import majority_vote, pairwise_iou
 from .predictor import Predictor
 from .preprocessing import ModelFrame
 from .region import LesionRegion, check_region, lesion_region
+from .review_flag import ReviewFlag
 from .uncertainty import compute_uncertainty
 
 #: Pixels added around the marked area (see BOX_SHARE) to make the next slice's box (training used 1-6).
@@ -69,6 +87,13 @@ class _SliceResult:
     origin: tuple[int, int]  # (j, i) of the crop window's first pixel, may be negative
     probs: np.ndarray  # (K, side, side) float32
     scores: np.ndarray  # (K,)
+    quality: np.ndarray | None = None  # (K,) the scorer's expected IoU with the raters' majority; None: no scorer
+    disagreement: float | None = None  # the scorer's predicted expert disagreement on this slice
+
+    def rows(self, chosen: np.ndarray) -> "_SliceResult":
+        """The same slice with only the candidates `chosen` (indices), in that order."""
+        return _SliceResult(self.k, self.origin, self.probs[chosen], self.scores[chosen],
+                            None if self.quality is None else self.quality[chosen], self.disagreement)
 
 
 def crop_slice(plane: np.ndarray, origin: tuple[int, int], side: int, fill: float) -> np.ndarray:
@@ -87,6 +112,23 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
+def expected_3d_quality(candidates: np.ndarray, consensus: np.ndarray, slice_quality: np.ndarray) -> np.ndarray:
+    """(K, dk, dj, di) candidates, their (dk, dj, di) consensus and the scorer's (K, dk) expected IoU of each
+    candidate with the raters' majority on each slice (NaN where a slice was not decoded) -> (K,) expected 3D IoU.
+
+    A 3D IoU is the per-slice IoUs averaged with each slice's union of the two masks as weight (the sum of the
+    intersections over the sum of the unions). The raters' majority is unknown, so the union is taken with the
+    candidates' consensus, its stand-in: a slice where the candidate marks much, or misses much of the lesion,
+    counts as much as it would in the 3D IoU, and one where both are empty counts nothing (a candidate's own area
+    as the weight would ignore the slices it misses). A candidate with no union anywhere (it and the consensus
+    empty) gets the plain mean over the decoded slices.
+    """
+    decoded = ~np.isnan(slice_quality)
+    union = (candidates | consensus[None]).reshape(*candidates.shape[:2], -1).sum(axis=2) * decoded
+    weights = np.where(union.sum(axis=1, keepdims=True) > 0, union, decoded).astype(np.float64)
+    return ((weights * np.nan_to_num(slice_quality)).sum(axis=1) / weights.sum(axis=1)).astype(np.float32)
+
+
 def content_key(crop: np.ndarray) -> bytes:
     """A digest of exactly what is encoded: two crops share an embedding only if their pixels are identical.
 
@@ -101,20 +143,56 @@ class LesionSegmenter:
 
     def __init__(self, backbone: str = "litemedsam", head: str | Path | None = "default",
                  checkpoint: str | Path | None = None, device: str | None = None, precision: str = "bf16",
-                 cache_size: int = 128, runtime: str = "auto") -> None:
+                 cache_size: int = 128, runtime: str = "auto", scorer: str | Path | None = "default") -> None:
+        """`scorer`: "default" (the shipped LIDC scorer), a scorer file, or None for none (no expected quality,
+        review flag "not available")."""
         self.predictor = Predictor(backbone=backbone, checkpoint=checkpoint, device=device, precision=precision,
                                    window=None, runtime=runtime)
         self.sampler: Sampler = self._load_sampler(head)
+        #: Why there is no scorer (shown where the review flag would be); empty when it loaded.
+        self.scorer_problem = ""
+        #: The scorer file's name, for the results' provenance; None without a scorer.
+        self.scorer_file: str | None = None
+        self.scorer: UncertainSAMScorer | None = self._load_scorer(scorer)
         self._embeddings: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
         #: How many crops went through the encoder (the rest came from the cache); for tests and the server.
         self.encoded_crops = 0
 
     def _load_sampler(self, head: str | Path | None) -> Sampler:
-        if head is None or head == "deterministic":
+        """A name of head_names.HEAD_NAMES, a head file of either kind (Probabilistic SAM or SeqSAM), or None for
+        the deterministic backbone."""
+        if head is None or head == DETERMINISTIC:
             return Deterministic(self.predictor.backbone)
-        path = DEFAULT_HEAD if head == "default" else Path(head)
-        return load_head(self.predictor.backbone, path).to(self.predictor.device)
+        path = shipped_model(SHIPPED_HEAD_FILES[head]) if head in SHIPPED_HEAD_FILES else Path(head)
+        return load_any_head(self.predictor.backbone, path).to(self.predictor.device)
+
+    def _load_scorer(self, scorer: str | Path | None) -> UncertainSAMScorer | None:
+        """The scorer, or None. A missing or unreadable file is one warning, not a failure: the candidates are
+        worth having without their expected quality, and the review flag then says "not available" and why."""
+        if scorer is None:
+            self.scorer_problem = "the scorer was turned off (--no-scorer)"
+            return None
+        try:
+            path = DEFAULT_SCORER if scorer == "default" else Path(scorer)
+            loaded = load_scorer(self.predictor.backbone, path).to(self.predictor.device)
+            self.scorer_file = path.name
+            return loaded
+        except CheckpointError as error:
+            self.scorer_problem = str(error)
+            warnings.warn(f"{error} AmbiguousSAM segments without the UncertainSAM scorer: no expected quality per "
+                          "candidate, and the review flag is 'not available'.", RuntimeWarning, stacklevel=3)
+            return None
+
+    def _score(self, embedding: torch.Tensor, box: torch.Tensor, drawn: list[Samples]
+               ) -> tuple[np.ndarray | None, float | None]:
+        """The scorer's expected quality (K,) of one slice's candidates and its predicted disagreement there,
+        reading the z-free pass the sampler already ran when it exposes one; (None, None) without a scorer."""
+        if self.scorer is None:
+            return None, None
+        logits = torch.cat([d.logits for d in drawn]).float()
+        estimate = self.scorer.score(self.predictor.backbone, embedding, box, logits, drawn[0].decoder_state)
+        return estimate.quality.astype(np.float32), estimate.disagreement
 
     def clear_cache(self) -> None:
         """Forget cached slice embeddings (e.g. to time a cold click, or after the volume's voxels changed)."""
@@ -182,18 +260,19 @@ class LesionSegmenter:
                          for start, stop in chunks(len(noise), DECODE_CHUNK)]
             probs = np.concatenate([torch.sigmoid(frame.logits_to_image(d.logits.float().cpu())).numpy() for d in drawn])
             scores = np.concatenate([d.scores.float().cpu().numpy() for d in drawn])
-            return _SliceResult(k, origin, probs.astype(np.float32), scores)
+            return _SliceResult(k, origin, probs.astype(np.float32), scores, *self._score(embedding, box_t, drawn))
 
         report(0.0, f"slice {slice_k}")
         noise = None
-        # Latent heads expose their noise (draw_noise / sample_with_noise); the deterministic baseline has none.
+        # Latent heads expose their noise (draw_noise / sample_with_noise); the deterministic baseline has none, nor
+        # has SeqSAM, whose candidate m is step m of its recurrence on every slice (module docstring).
         if hasattr(self.sampler, "draw_noise"):
             pool = self.sampler.draw_noise(CONDITIONING_POOL * samples, seed)
             clicked = run_slice(slice_k, box, pool)
             marked = (clicked.probs > 0.5).reshape(len(pool), -1).any(axis=1)
             chosen = np.argsort(~marked, kind="stable")[:samples]
             noise = pool[torch.from_numpy(chosen)]
-            results = [_SliceResult(slice_k, origin, clicked.probs[chosen], clicked.scores[chosen])]
+            results = [clicked.rows(chosen)]
         else:
             results = [run_slice(slice_k, box, None)]
         seed_area = max(int((results[0].probs.mean(axis=0) > 0.5).sum()), 1)
@@ -210,11 +289,15 @@ class LesionSegmenter:
                     report(min(0.95, len(results) / (len(results) + 4)), f"slice {k}")
                     if (current.probs.mean(axis=0) > 0.5).sum() < MIN_AREA_FRACTION * seed_area:
                         break
+        review = ReviewFlag.not_available(self.scorer_problem) if results[0].disagreement is None \
+            else ReviewFlag.from_disagreement(results[0].disagreement)  # the clicked slice: review_flag.py says why
         result = self._assemble(results, shape, samples)
+        result.review = review
         result.info.update({"seed": seed, "samples": samples, "slice": int(slice_k), "box_ijk": box.tolist(),
                             "crop_side": side, "sampler": self.sampler.name,
                             "backbone": self.predictor.backbone.spec.name, "precision": self.predictor.precision,
                             "runtime": self.predictor.encoder().name, "device": str(self.predictor.device),
+                            "scorer": self.scorer_file,
                             "seconds": time.perf_counter() - started})
         report(1.0, "done")
         return result
@@ -257,9 +340,12 @@ class LesionSegmenter:
         j1, i1 = min(int(b[:, 3].max()), shape[1] - 1), min(int(b[:, 4].max()), shape[2] - 1)
         probs = np.zeros((samples, k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1), np.float32)
         slice_scores = []
+        slice_quality = np.full((samples, k1 - k0 + 1), np.nan)
         for r in results:
             if not k0 <= r.k <= k1:
                 continue
+            if r.quality is not None:
+                slice_quality[:, r.k - k0] = r.quality
             oj, oi = r.origin
             side = r.probs.shape[1]
             sj, si = max(j0, oj), max(i0, oi)
@@ -270,9 +356,11 @@ class LesionSegmenter:
         candidates = probs > 0.5
         agreement = pairwise_iou(candidates, candidates)
         typicality = (agreement.sum(axis=1) - 1) / max(samples - 1, 1) if samples > 1 else np.ones(1)
+        consensus = majority_vote(candidates)
+        quality = None if np.isnan(slice_quality).all() else expected_3d_quality(candidates, consensus, slice_quality)
         return LesionResult(
-            candidates=candidates, consensus=majority_vote(candidates), mean_probability=maps.mean_probability,
+            candidates=candidates, consensus=consensus, mean_probability=maps.mean_probability,
             entropy=maps.entropy_of_mean, mutual_information=maps.mutual_information,
             scores=typicality.astype(np.float32), offset=(k0, j0, i0), volume_shape=tuple(shape),
             info={"decoder_iou": np.mean(slice_scores, axis=0).round(4).tolist(), "slices": [r.k for r in results]},
-        )
+            quality=quality)

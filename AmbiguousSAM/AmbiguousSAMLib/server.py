@@ -67,6 +67,8 @@ class ServeOptions:
     device: str | None = None
     precision: str = "bf16"
     runtime: str = "auto"
+    #: "default" (the shipped scorer), a scorer file, or None for none (`--no-scorer`).
+    scorer: str | None = "default"
 
 
 @dataclass
@@ -238,6 +240,7 @@ class InferenceServer(ThreadingHTTPServer):
         return {"status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION,
                 "model": {"backbone": self.options.backbone, "head": self.options.head,
                           "checkpoint": self.options.checkpoint, "precision": segmenter.predictor.precision,
+                          "scorer": segmenter.scorer_file,
                           "device": str(segmenter.predictor.device)},
                 "device": str(segmenter.predictor.device), "encoded_crops": segmenter.encoded_crops,
                 "jobs": self.runner.counts(), "max_request_mb": self.options.max_request_mb}
@@ -418,7 +421,8 @@ def serve(options: ServeOptions) -> None:
         started = time.perf_counter()
         server.runner = JobRunner(LesionSegmenter(backbone=options.backbone, head=options.head,
                                                   checkpoint=options.checkpoint, device=options.device,
-                                                  precision=options.precision, runtime=options.runtime))
+                                                  precision=options.precision, runtime=options.runtime,
+                                                  scorer=options.scorer))
         _log(f"model ready on {server.runner.segmenter.predictor.device} in {time.perf_counter() - started:.1f} s; "
              f"serving on {server.url}")
         http = threading.Thread(target=server.serve_forever, name="HTTP", daemon=True)

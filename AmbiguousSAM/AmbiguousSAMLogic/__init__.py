@@ -9,21 +9,23 @@ from AmbiguousSAMLib.candidate_table import CANDIDATE_ROLE
 from AmbiguousSAMLib.errors import AmbiguousSAMError, CancelledError, ServerError
 
 from .accept import acceptCandidate, candidateLabelmap
+from .candidateset import candidateIdsBestFirst, candidateScores, candidateSetReview
 from .dependencies import installDependencies, installDicomExportDependencies, missingPackages
-from .dicomexport import candidateSetVolume, exportCandidateSetToDicom
+from .dicomexport import DicomExport, candidateSetVolume, exportCandidateSetToDicom
 from .display import overlayUncertainty, setHeatmapColorNode, showCandidates
 from .logic import AmbiguousSAMLogic
 from .modelsettings import BACKBONE_CHOICES, DEVICE_CHOICES, HEAD_CHOICES, ModelSettings
 from .modifier import candidateModifierLabelmap, segmentHasVoxels
-from .nodes import CANDIDATES_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, adoptCandidateSet, removeOutputNodes, segmentIdsWithRole
+from .nodes import (CANDIDATES_ATTRIBUTE, PROBABILITY_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, adoptCandidateSet,
+                    candidateSetProbability, removeOutputNodes, segmentIdsWithRole)
 from .runner import SegmentationRun, userMessage
 from .session import InferenceSession, RemoteTask, sharedSession
 from .sliceview import NOT_AXIAL_MESSAGE, sliceShowsAxialPlane
 
 __all__ = [
     "AmbiguousSAMError", "AmbiguousSAMLogic", "BACKBONE_CHOICES", "CANDIDATE_ROLE", "CANDIDATES_ATTRIBUTE",
-    "CancelledError", "DEVICE_CHOICES", "HEAD_CHOICES", "InferenceSession", "ModelSettings", "NOT_AXIAL_MESSAGE", "RemoteTask", "SegmentationRun", "ServerError", "UNCERTAINTY_ATTRIBUTE",
-    "acceptCandidate", "adoptCandidateSet", "candidateLabelmap", "candidateModifierLabelmap", "candidateSetVolume",
+    "CancelledError", "DEVICE_CHOICES", "DicomExport", "PROBABILITY_ATTRIBUTE", "candidateSetProbability", "HEAD_CHOICES", "InferenceSession", "ModelSettings", "NOT_AXIAL_MESSAGE", "RemoteTask", "SegmentationRun", "ServerError", "UNCERTAINTY_ATTRIBUTE",
+    "acceptCandidate", "adoptCandidateSet", "candidateIdsBestFirst", "candidateLabelmap", "candidateScores", "candidateSetReview", "candidateModifierLabelmap", "candidateSetVolume",
     "exportCandidateSetToDicom", "installDependencies", "installDicomExportDependencies", "missingPackages", "overlayUncertainty",
     "removeOutputNodes", "segmentHasVoxels", "segmentIdsWithRole", "setHeatmapColorNode", "sharedSession", "showCandidates", "sliceShowsAxialPlane", "userMessage",
 ]

@@ -1,11 +1,17 @@
 """Export to DICOM: a candidate set in the scene as the objects `ambiguous-sam segment --dicom-out` writes.
 
 The scene holds a candidate set as a segmentation (segments tagged by the candidate table: "Candidate 1".."K" with
-their scores, and the "Consensus") and a heatmap volume of the entropy of the mean, both on the CT's grid. They are
-read back into a LesionResult on the CT volume's voxels (only the lesion's bounding box), and the core's
-`write_dicom_outputs` writes, into a folder of their own, the candidate SEG, the uncertainty Parametric Map and
-its colour presentation state, each referencing the CT's DICOM series. The probability SEG is left out: the scene
-keeps no mean probability (it is not the vote of the candidates, and the entropy cannot tell p from 1 - p).
+their scores, and the "Consensus"), a heatmap volume of the entropy of the mean, both on the CT's grid, and the
+mean foreground probability over the lesion box, a volume the segmentation references (nodes.py,
+createProbabilityVolume; PROBABILITY_REFERENCE_ROLE). They are read back into a LesionResult on the CT volume's
+voxels (only the lesion's bounding box), and the core's `write_dicom_outputs` writes, into a folder of their own,
+the candidate SEG, the probability (FRACTIONAL) SEG, the uncertainty Parametric Map and its colour presentation
+state, each referencing the CT's DICOM series. The probability volume is checked like the heatmap: on the CT's grid
+(whole-voxel offset, same axes and spacing), under the CT's transform, values in [0, 1], and its binary entropy
+equal to the heatmap (so it is this set's). A set without one (made by an earlier version, or a `.seg.nrrd` loaded
+from disk: neither the segments nor the entropy can give the mean probability, which is not the candidates' vote,
+and the entropy cannot tell p from 1 - p) still exports the other three files; the returned DicomExport says the
+probability SEG was left out and why.
 
 The source images are those of the CT volume. A volume loaded by Slicer's DICOM module
 (Modules/Scripted/DICOMPlugins/DICOMScalarVolumePlugin.py, setVolumeNodeProperties) carries the SOP Instance UID of
@@ -21,6 +27,7 @@ atomically (complete or not at all).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +42,7 @@ from AmbiguousSAMLib.errors import (AmbiguousSAMError, CandidateSetError, DicomS
 from AmbiguousSAMLib.lesion import LesionResult
 
 from .geometry import checkScalarVolume, ijkToRasMatrix, volumeSpacing
-from .nodes import UNCERTAINTY_ATTRIBUTE, segmentIdsWithRole
+from .nodes import PROBABILITY_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, candidateSetProbability, segmentIdsWithRole
 
 #: Where Slicer's DICOM scalar volume plugin keeps the SOP Instance UIDs of a volume's slices (in k order).
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
@@ -44,6 +51,19 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: A source slice may sit this fraction of the smallest voxel size away from the volume's slice (rounding in
 #: the readers; a wrong series or a cropped volume is off by whole voxels).
 POSITION_TOLERANCE = 0.25
+#: The mean probability belongs to the heatmap when its binary entropy is the heatmap's value within this (nats);
+#: both come from one float32 array (segmenter.py), so they agree to ~1e-6; another set's differ by tenths.
+PROBABILITY_ENTROPY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class DicomExport:
+    """What Export to DICOM wrote: the folder, the names of the files in it, and each object left out with why."""
+
+    folder: Path
+    files: tuple[str, ...]
+    #: File name -> the reason it was not written (the probability SEG of a set that keeps no mean probability).
+    leftOut: dict[str, str] = field(default_factory=dict)
 
 
 def candidateSetVolume(segmentationNode: slicer.vtkMRMLSegmentationNode) -> slicer.vtkMRMLScalarVolumeNode | None:
@@ -59,8 +79,9 @@ def exportCandidateSetToDicom(segmentationNode: slicer.vtkMRMLSegmentationNode,
                               heatmapNode: slicer.vtkMRMLScalarVolumeNode,
                               volumeNode: slicer.vtkMRMLScalarVolumeNode | None, folder: str | os.PathLike,
                               sourceFiles: Sequence[str | os.PathLike] | None = None,
-                              overwrite: bool = False) -> Path:
-    """Write the candidate set as DICOM objects that reference the CT's series into `folder`; returns the folder.
+                              overwrite: bool = False) -> DicomExport:
+    """Write the candidate set as DICOM objects that reference the CT's series into `folder`; returns what was
+    written (DicomExport: the folder, its files, and the probability SEG's reason when it was left out).
 
     `volumeNode` is the CT the candidates were computed on (None: the one the segmentation references).
     `sourceFiles` are the CT series' DICOM files, in any order (None: found through Slicer's DICOM database from
@@ -80,18 +101,26 @@ def exportCandidateSetToDicom(segmentationNode: slicer.vtkMRMLSegmentationNode,
     files = [str(name) for name in sourceFiles] if sourceFiles is not None else sourceDicomFiles(volumeNode)
     checkFolderHoldsNoSource(folder, files)
     try:
-        from AmbiguousSAMLib.dicom_export import read_source_datasets, slice_order, write_dicom_outputs
+        from AmbiguousSAMLib.dicom_export import (DICOM_FILES, PROBABILITY_FILE, read_source_datasets, slice_order,
+                                                  write_dicom_outputs)
     except ImportError as error:
         raise AmbiguousSAMError(f"Export to DICOM needs the Python package highdicom ({error}). Install it from "
                                 "Slicer's Python console: slicer.util.pip_install('highdicom')") from error
     datasets = readSourceDatasets(read_source_datasets, volumeNode, files)
-    result = candidateSetResult(segmentationNode, heatmapNode, volumeNode)
+    probabilityNode = candidateSetProbability(segmentationNode)
+    result = candidateSetResult(segmentationNode, heatmapNode, volumeNode, probabilityNode)
     try:
         ordered = slice_order(datasets, result)
     except InvalidImageError as error:
         raise DicomSourceError(f"The DICOM files are not the images of '{volumeNode.GetName()}': {error}") from error
     checkSourceGeometry(volumeNode, ordered)
-    return write_dicom_outputs(folder, result, ordered, overwrite=overwrite, probability=False)
+    withProbability = probabilityNode is not None
+    written = write_dicom_outputs(folder, result, ordered, overwrite=overwrite, probability=withProbability)
+    leftOut = {} if withProbability else {PROBABILITY_FILE: (
+        f"The probability SEG ({PROBABILITY_FILE}) was left out: '{segmentationNode.GetName()}' keeps no mean "
+        "probability (a set loaded from a file or made by an earlier version of Ambiguous SAM, or its mean "
+        "probability volume was deleted); run the segmentation again to export it.")}
+    return DicomExport(Path(written), tuple(name for name in DICOM_FILES if name not in leftOut), leftOut)
 
 
 def checkExportFolder(folder: Path, overwrite: bool) -> None:
@@ -185,12 +214,14 @@ def checkSourceGeometry(volumeNode: slicer.vtkMRMLScalarVolumeNode, datasets: li
 
 def candidateSetResult(segmentationNode: slicer.vtkMRMLSegmentationNode,
                        heatmapNode: slicer.vtkMRMLScalarVolumeNode,
-                       volumeNode: slicer.vtkMRMLScalarVolumeNode) -> LesionResult:
+                       volumeNode: slicer.vtkMRMLScalarVolumeNode,
+                       probabilityNode: slicer.vtkMRMLScalarVolumeNode | None = None) -> LesionResult:
     """The candidate set read back from the scene on the volume's grid: the candidates, the consensus and their
-    scores from the tagged segments, the entropy from the heatmap, over the box that holds all of them.
+    scores from the tagged segments, the entropy from the heatmap, the mean probability from `probabilityNode`,
+    over the box that holds all of them.
 
-    The scene keeps no mean probability or mutual information: those arrays are NaN (the export leaves out the
-    object that would need them).
+    The scene keeps no mutual information, and a set without a probability volume no mean probability: those
+    arrays are NaN (the export leaves out the object that would need them).
     """
     name = segmentationNode.GetName()
     candidateIds = segmentIdsWithRole(segmentationNode, CANDIDATE_ROLE)
@@ -202,13 +233,15 @@ def candidateSetResult(segmentationNode: slicer.vtkMRMLSegmentationNode,
     scores = np.array([segmentScore(segmentationNode, segmentId) for segmentId in candidateIds], dtype=np.float32)
     checkHeatmap(heatmapNode, volumeNode)
     for node in (segmentationNode, heatmapNode):
-        if node.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+        if not sameParentTransform(node, volumeNode):
             raise CandidateSetError(f"'{node.GetName()}' and '{volumeNode.GetName()}' are under different transforms; "
                                     "put them under the same one (or none) to export.")
     shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
     blocks = [segmentVoxels(segmentationNode, segmentId, volumeNode) for segmentId in [*candidateIds, *consensusIds]]
+    probability = probabilityVoxels(probabilityNode, volumeNode) if probabilityNode is not None else None
     entropy = slicer.util.arrayFromVolume(heatmapNode)
-    low, high = unionBox([block for block in blocks if block is not None], entropy, shape)
+    extra = [] if probability is None else [nonzeroBlock(*probability)]
+    low, high = unionBox([block for block in [*blocks, *extra] if block is not None], entropy, shape)
     if low is None:
         raise CandidateSetError(f"Every segment of '{name}' is empty and its heatmap is zero: there is nothing to "
                                 "export.")
@@ -229,9 +262,85 @@ def candidateSetResult(segmentationNode: slicer.vtkMRMLSegmentationNode,
         raise CandidateSetError(f"The heatmap '{heatmapNode.GetName()}' is not the uncertainty of '{name}': it is zero "
                                 "where the candidates disagree. Select the heatmap made with these candidates.")
     unknown = np.full(boxEntropy.shape, np.nan, dtype=np.float32)
-    return LesionResult(candidates=candidates, consensus=masks[-1], mean_probability=unknown, entropy=boxEntropy,
+    mean = unknown
+    if probability is not None:
+        mean = placeInBox(*probability, low, high)
+        difference = np.abs(binaryEntropy(mean) - boxEntropy).max()
+        if difference > PROBABILITY_ENTROPY_TOLERANCE:
+            raise CandidateSetError(f"The mean probability '{probabilityNode.GetName()}' is not that of the heatmap "
+                                    f"'{heatmapNode.GetName()}' (their entropies differ by up to {difference:.3f} "
+                                    "nats). Select the heatmap made with these candidates, or delete the probability "
+                                    "volume to export without the probability SEG.")
+    return LesionResult(candidates=candidates, consensus=masks[-1], mean_probability=mean, entropy=boxEntropy,
                         mutual_information=unknown, scores=scores, offset=tuple(int(v) for v in low),
                         volume_shape=shape, info={"samples": len(candidateIds)})
+
+
+def probabilityVoxels(probabilityNode: slicer.vtkMRMLScalarVolumeNode, volumeNode: slicer.vtkMRMLScalarVolumeNode
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The mean probability on the volume's grid: (k0, j0, i0) and its (dk, dj, di) float32 block, checked to be
+    an Ambiguous SAM probability volume on that grid (whole-voxel offset, same axes and spacing, inside the CT),
+    under the CT's transform, with values in [0, 1]."""
+    name, ct = probabilityNode.GetName(), volumeNode.GetName()
+    leaveOut = "delete it to export the other objects without the probability SEG"
+    imageData = probabilityNode.GetImageData()
+    if (probabilityNode.GetAttribute(PROBABILITY_ATTRIBUTE) != "1" or not probabilityNode.IsA("vtkMRMLScalarVolumeNode")
+            or imageData is None or imageData.GetNumberOfPoints() == 0
+            or imageData.GetNumberOfScalarComponents() != 1):
+        raise CandidateSetError(f"'{name}' is not an Ambiguous SAM mean probability volume; run the segmentation "
+                                f"again, or {leaveOut}.")
+    if not sameParentTransform(probabilityNode, volumeNode):
+        raise CandidateSetError(f"'{name}' and '{ct}' are under different transforms; put them under the same one "
+                                "(or none) to export.")
+    toVolume = np.linalg.inv(ijkToRasMatrix(volumeNode)) @ ijkToRasMatrix(probabilityNode)
+    shift = np.round(toVolume[:3, 3])
+    voxels = np.array(slicer.util.arrayFromVolume(probabilityNode), dtype=np.float32)
+    start = shift[::-1].astype(int)  # (i, j, k) -> (k, j, i)
+    shape = np.array(tuple(reversed(volumeNode.GetImageData().GetDimensions())))
+    if (not np.allclose(toVolume[:3, :3], np.eye(3), atol=1e-4) or not np.allclose(toVolume[:3, 3], shift, atol=1e-3)
+            or (start < 0).any() or (start + voxels.shape > shape).any()):
+        raise CandidateSetError(f"The mean probability '{name}' is not on the grid of '{ct}' (it was resampled or "
+                                f"moved); run the segmentation again, or {leaveOut}.")
+    if not np.isfinite(voxels).all() or voxels.min() < 0.0 or voxels.max() > 1.0:
+        raise CandidateSetError(f"'{name}' holds values outside 0..1; it is not a mean probability. Run the "
+                                f"segmentation again, or {leaveOut}.")
+    return start, voxels
+
+
+def sameParentTransform(node: slicer.vtkMRMLTransformableNode, other: slicer.vtkMRMLTransformableNode) -> bool:
+    """Whether two nodes are under the same transform (or none). GetParentTransformNode, not GetTransformNodeID,
+    which bumps a transformed node's modification time (the export only reads the scene)."""
+    ids = [parent.GetID() if parent is not None else None
+           for parent in (node.GetParentTransformNode(), other.GetParentTransformNode())]
+    return ids[0] == ids[1]
+
+
+def nonzeroBlock(start: np.ndarray, voxels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (start, array) of a block cropped to its non-zero voxels, or None when it has none."""
+    spans = [np.flatnonzero((voxels != 0).any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not all(len(span) for span in spans):
+        return None
+    low = np.array([span[0] for span in spans])
+    high = np.array([span[-1] + 1 for span in spans])
+    return start + low, voxels[tuple(slice(a, b) for a, b in zip(low, high))]
+
+
+def placeInBox(start: np.ndarray, voxels: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The block's values over the box [low, high), zero where the block does not reach."""
+    box = np.zeros(tuple(high - low), dtype=np.float32)
+    a, b = np.maximum(start, low), np.minimum(start + voxels.shape, high)
+    if (a < b).all():
+        box[tuple(slice(x, y) for x, y in zip(a - low, b - low))] = \
+            voxels[tuple(slice(x, y) for x, y in zip(a - start, b - start))]
+    return box
+
+
+def binaryEntropy(probability: np.ndarray) -> np.ndarray:
+    """-(p ln p + (1 - p) ln(1 - p)) in nats, 0 at p = 0 and 1 (as uncertainty.py's, without scipy)."""
+    p = np.clip(np.asarray(probability, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0) + np.where(p < 1, (1 - p) * np.log1p(-p), 0.0)
+    return -terms
 
 
 def segmentScore(segmentationNode: slicer.vtkMRMLSegmentationNode, segmentId: str) -> float:

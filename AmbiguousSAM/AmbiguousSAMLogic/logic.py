@@ -27,7 +27,7 @@ from AmbiguousSAMLib.lesion import LesionResult
 from AmbiguousSAMLib.region import LesionRegion, lesion_region
 
 from .geometry import checkScalarVolume, promptBoxFromWorldPoints, roiCornersWorld, volumeSpacing
-from .nodes import createCandidateSegmentation, createUncertaintyVolume
+from .nodes import createCandidateSegmentation, createProbabilityVolume, createUncertaintyVolume
 from .rollback import removeAddedNodesOnError
 from .session import InferenceSession, cancelledError, sharedSession
 
@@ -100,11 +100,13 @@ class AmbiguousSAMLogic(ScriptedLoadableModuleLogic):
 
     def createOutputNodes(self, volumeNode: slicer.vtkMRMLScalarVolumeNode, result: LesionResult
                           ) -> tuple[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLScalarVolumeNode]:
-        """Add the candidate segmentation and the heatmap volume; all or nothing."""
+        """Add the candidate segmentation and the heatmap volume, and the mean-probability volume the segmentation
+        references (for the DICOM export, nodes.createProbabilityVolume); all or nothing."""
         checkScalarVolume(volumeNode)  # It may have been removed while the model ran.
         with removeAddedNodesOnError(volumeNode.GetScene()):
             segmentationNode = createCandidateSegmentation(volumeNode, result)
             heatmapNode = createUncertaintyVolume(volumeNode, result)
+            createProbabilityVolume(volumeNode, result, segmentationNode)
         return segmentationNode, heatmapNode
 
     def process(self, volumeNode: slicer.vtkMRMLScalarVolumeNode,

@@ -1,20 +1,22 @@
 """Which model runs, and where: backbone, ambiguity head, weights, device, precision, server, as one value.
 
 Loading a model takes seconds, so the inference session keeps one server with the model loaded and restarts it
-only when these settings change. The choices are listed here, without importing the core (which needs torch), so
-the Slicer module can offer them before the Python dependencies are installed; a test keeps them equal to the
-core's registries.
+only when these settings change. The choices are listed without importing torch, so the Slicer module can offer
+them before the Python dependencies are installed: the backbones here (a test keeps them equal to the core's
+registry), the heads from the core's torch-free table of head names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from AmbiguousSAMLib.head_names import HEAD_NAMES
+
 #: Names of AmbiguousSAMLib.modeling.backbone.BACKBONES; only "litemedsam" works without a checkpoint file.
 BACKBONE_CHOICES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
-#: Ambiguity heads: "default" is the shipped Probabilistic SAM head (Resources/Models), "deterministic" the plain
-#: backbone's single mask (the baseline every candidate set is compared with).
-HEAD_CHOICES = ("default", "deterministic")
+#: Ambiguity heads: "default" is the shipped Probabilistic SAM head, "seqsam" the shipped SeqSAM head (both in
+#: Resources/Models), "deterministic" the plain backbone's single mask (AmbiguousSAMLib/head_names.py).
+HEAD_CHOICES = HEAD_NAMES
 #: "auto" is CUDA when a GPU is visible to PyTorch, else the CPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

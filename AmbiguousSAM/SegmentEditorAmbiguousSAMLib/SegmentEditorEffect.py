@@ -8,9 +8,9 @@ from slicer.i18n import tr as _
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from AmbiguousSAMLogic import (CANDIDATE_ROLE, NOT_AXIAL_MESSAGE, AmbiguousSAMLogic, SegmentationRun,
-                               candidateModifierLabelmap, installDependencies, overlayUncertainty, removeOutputNodes,
-                               segmentHasVoxels, segmentIdsWithRole, showCandidates, sliceShowsAxialPlane,
-                               userMessage)
+                               candidateIdsBestFirst, candidateModifierLabelmap, candidateScores, candidateSetReview,
+                               installDependencies, overlayUncertainty, removeOutputNodes, segmentHasVoxels,
+                               segmentIdsWithRole, showCandidates, sliceShowsAxialPlane, userMessage)
 
 #: A drag shorter than this many screen pixels is a click, not a box.
 MINIMUM_BOX_PIXELS = 4
@@ -291,8 +291,18 @@ left; the Ambiguous SAM module browses them too.</li>
         return self.previewSets[-1] if self.previewSets else (None, None)
 
     def candidateIds(self):
+        """The current set's candidates best first (highest expected quality, or most typical without a scorer)."""
         candidatesNode, _heatmapNode = self.currentSet()
-        return segmentIdsWithRole(candidatesNode, CANDIDATE_ROLE) if candidatesNode is not None else []
+        return candidateIdsBestFirst(candidatesNode) if candidatesNode is not None else []
+
+    def reviewText(self):
+        """The current set's review flag in a few words."""
+        review = candidateSetReview(self.currentSet()[0])
+        if review.disagreement is None:
+            return _("Review flag not available.")
+        if review.needs_review:
+            return _("Needs review (predicted expert disagreement {value:.2f}).").format(value=review.disagreement)
+        return _("No review needed (predicted expert disagreement {value:.2f}).").format(value=review.disagreement)
 
     def showCurrentSet(self):
         """Show every candidate of the current set and its heatmap."""
@@ -311,9 +321,16 @@ left; the Ambiguous SAM module browses them too.</li>
         wasBlocked = self.showAllButton.blockSignals(True)
         self.showAllButton.checked = False
         self.showAllButton.blockSignals(wasBlocked)
-        showCandidates(self.currentSet()[0], self.candidateIndex)
-        self.statusLabel.text = _("Candidate {number} of {count}. Apply writes it into the selected segment.").format(
-            number=self.candidateIndex + 1, count=len(candidateIds))
+        candidatesNode = self.currentSet()[0]
+        candidateId = candidateIds[self.candidateIndex]
+        showCandidates(candidatesNode, segmentIdsWithRole(candidatesNode, CANDIDATE_ROLE).index(candidateId))
+        quality, _typicality = candidateScores(candidatesNode, candidateId)
+        rank = _("{name}: number {number} of {count}, best first").format(
+            name=candidatesNode.GetSegmentation().GetSegment(candidateId).GetName(), number=self.candidateIndex + 1,
+            count=len(candidateIds))
+        if quality is not None:
+            rank += _(" (expected quality {quality:.2f})").format(quality=quality)
+        self.statusLabel.text = rank + ". " + _("Apply writes it into the selected segment.") + " " + self.reviewText()
 
     def onShowAllToggled(self, checked):
         candidateIds = self.candidateIds()
@@ -323,7 +340,8 @@ left; the Ambiguous SAM module browses them too.</li>
             showCandidates(self.currentSet()[0], None)
             self.statusLabel.text = _("All {count} candidates and their consensus. Apply writes candidate {number} "
                                       "into the selected segment.").format(count=len(candidateIds),
-                                                                            number=self.candidateIndex + 1)
+                                                                            number=self.candidateIndex + 1) + \
+                " " + self.reviewText()
         else:
             self.showCandidate(self.candidateIndex)
 

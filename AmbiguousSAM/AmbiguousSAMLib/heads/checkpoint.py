@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..head_names import SHIPPED_HEAD_FILES
 from ..modeling.backbone import Backbone
 from .probabilistic_sam import ProbabilisticSAM
 from .seqsam import SeqSAM
 
-HEAD_FILE_NAME = "probabilistic_sam_lidc.pt"
+HEAD_FILE_NAME = SHIPPED_HEAD_FILES["default"]
 
 
 def shipped_model(file_name: str) -> Path:
@@ -161,8 +162,8 @@ def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> Probabilis
     payload = _read_head(path, backbone)
     if payload.get("head", PROBABILISTIC_SAM) == SEQSAM:
         raise CheckpointError(f"{path} is a SeqSAM head; this command takes a Probabilistic SAM head (made by "
-                              "'ambiguous-sam train' without '--head seqsam'). SeqSAM heads are scored by "
-                              "'ambiguous-sam evaluate --head'.")
+                              "'ambiguous-sam train' without '--head seqsam'). SeqSAM heads run in 'segment --head', "
+                              "'serve --head' and 'evaluate --head'.")
     try:
         head = ProbabilisticSAM(backbone, **payload["config"])
     except TypeError as error:
@@ -171,7 +172,7 @@ def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> Probabilis
 
 
 def load_any_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM | SeqSAM:
-    """The head a file holds, whichever kind it is (what `evaluate` and the benchmarks score)."""
+    """The head a file holds, whichever kind it is (what the segmenter, `evaluate` and the benchmarks run)."""
     path = Path(path)
     payload = _read_head(path, backbone)
     if payload.get("head", PROBABILISTIC_SAM) == PROBABILISTIC_SAM:

@@ -71,6 +71,9 @@ class Decoded:
     iou: torch.Tensor  # (B, S)
     #: (B,): logit of the chance that an expert marks the lesion at all; None when decoded without the gate.
     presence_logit: torch.Tensor | None
+    #: The z-free transformer pass of the B boxes (what the gate read); None when none ran (prompt injection
+    #: without the gate).
+    plain_state: DecoderState | None = None
 
 
 class ProbabilisticSAM(nn.Module):
@@ -151,8 +154,10 @@ class ProbabilisticSAM(nn.Module):
         batch, samples = z.shape[:2]
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
         image_pe = self.prompt_encoder.get_dense_pe()
+        plain = None
         if with_gate or self.injection == "hypernetwork":
             state, base = self._plain_pass(embeddings, sparse, dense, image_pe)
+            plain = state
         presence_logit = self._gate(state, base, boxes, images)[0] if with_gate else None
         if self.injection == "prompt":
             sparse = (sparse[:, None] + self.z_to_prompt(z)[:, :, None]).flatten(0, 1)
@@ -161,13 +166,13 @@ class ProbabilisticSAM(nn.Module):
             weights = mask_weights(self.mask_decoder, state.mask_tokens)[:, :1]
             logits = masks_from_weights(weights, state.upscaled).view(batch, samples, *state.upscaled.shape[-2:])
             iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, 0].view(batch, samples)
-            return Decoded(logits, iou, presence_logit)
+            return Decoded(logits, iou, presence_logit, plain)
         token = state.mask_tokens[:, 0]
         delta = self.z_to_weights(torch.cat([token[:, None].expand(-1, samples, -1), z], dim=2))
         offset = self.z_to_offset(z)[..., None]
         logits = masks_from_weights(base[:, None] + delta, state.upscaled) + offset
         iou = self.mask_decoder.iou_prediction_head(state.iou_token)[:, :1].expand(batch, samples)
-        return Decoded(logits, iou, presence_logit)
+        return Decoded(logits, iou, presence_logit, plain)
 
     def forward_train(self, embeddings: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor,
                       prior_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -222,4 +227,5 @@ class ProbabilisticSAM(nn.Module):
         hypotheses coherent."""
         decoded = self.draw(embedding, box, noise, image)
         presence = torch.sigmoid(decoded.presence_logit[0] + self.presence_offset)
-        return Samples(logits=gate_logits(decoded.logits[0], noise.ranks, presence), scores=decoded.iou[0])
+        return Samples(logits=gate_logits(decoded.logits[0], noise.ranks, presence), scores=decoded.iou[0],
+                       decoder_state=decoded.plain_state)

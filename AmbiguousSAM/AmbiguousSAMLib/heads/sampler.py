@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from ..modeling.decoding import DecoderState
+
 
 @dataclass
 class Samples:
@@ -16,6 +18,9 @@ class Samples:
     logits: torch.Tensor
     #: (K,) expected quality of each hypothesis (the decoder's IoU estimate); higher is better.
     scores: torch.Tensor
+    #: The box's z-free decoder transformer pass when the sampler ran one (a latent head does, for its presence
+    #: gate): the UncertainSAM scorer reads its tokens instead of running the pass again. None otherwise.
+    decoder_state: DecoderState | None = None
 
 
 class Sampler(Protocol):

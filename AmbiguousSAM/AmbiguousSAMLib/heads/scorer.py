@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..modeling.backbone import Backbone
-from .scorer_inputs import CANDIDATE_FEATURES, TOKEN_WIDTH, candidate_features, decoder_readout
+from ..modeling.decoding import DecoderState
+from .scorer_inputs import CANDIDATE_FEATURES, TOKEN_WIDTH, candidate_features, decoder_readout, readout_from_state
 
 #: Estimates per box, in the order of the scorer's box output.
 BOX_ESTIMATES = ("task_gap", "prompt_gap", "disagreement")
@@ -73,11 +74,12 @@ class UncertainSAMScorer(nn.Module):
         return per_box, per_candidate
 
     @torch.no_grad()
-    def score(self, backbone: Backbone, embedding: torch.Tensor, box: torch.Tensor,
-              candidate_logits: torch.Tensor) -> ScorerEstimate:
+    def score(self, backbone: Backbone, embedding: torch.Tensor, box: torch.Tensor, candidate_logits: torch.Tensor,
+              state: DecoderState | None = None) -> ScorerEstimate:
         """Estimates for one box: `embedding` (1, 256, 64, 64), `box` (1, 4) in the model frame and the K
-        candidates' (K, 256, 256) low-resolution logits from any sampler (one extra z-free decoder pass)."""
-        readout = decoder_readout(backbone, embedding, box)
+        candidates' (K, 256, 256) low-resolution logits from any sampler. `state` is the box's z-free transformer
+        pass when the sampler already ran it (`Samples.decoder_state`); without it the scorer runs its own."""
+        readout = decoder_readout(backbone, embedding, box) if state is None else readout_from_state(backbone, state)
         features = candidate_features(candidate_logits, readout.logits[0, 0])[None]
         device = self.token_mean.device
         per_box, per_candidate = self(readout.tokens.float().to(device), features.to(device))

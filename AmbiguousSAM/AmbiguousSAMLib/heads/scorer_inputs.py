@@ -20,7 +20,7 @@ import torch
 
 from .. import metrics
 from ..modeling.backbone import Backbone
-from ..modeling.decoding import mask_weights, masks_from_weights, run_transformer
+from ..modeling.decoding import DecoderState, mask_weights, masks_from_weights, run_transformer
 
 #: Width of the scorer's token input: the IoU token and the single-mask token, 256 each for SAM's decoder.
 TOKEN_WIDTH = 512
@@ -46,8 +46,16 @@ def decoder_readout(backbone: Backbone, embeddings: torch.Tensor, boxes: torch.T
     """Embeddings (B, 256, 64, 64) and boxes (B, 4) in the model frame, optionally with points ((B, P, 2) as
     (x, y) in the model frame, labels (B, P): 1 positive, -1 padding) -> all four masks and the tokens."""
     sparse, dense = backbone.prompt_encoder(points=points, boxes=boxes[:, None], masks=None)
+    state = run_transformer(backbone.mask_decoder, embeddings, backbone.prompt_encoder.get_dense_pe(), sparse, dense)
+    return readout_from_state(backbone, state)
+
+
+@torch.no_grad()
+def readout_from_state(backbone: Backbone, state: DecoderState) -> DecoderReadout:
+    """The readout of a z-free transformer pass that already ran (a head's, for its presence gate), so scoring a
+    box costs no second pass. The masks come from the backbone's hypernetworks, the ones the scorer was trained
+    with: the shipped head fine-tunes its own copy of the single-mask one, which would move the reference mask."""
     decoder = backbone.mask_decoder
-    state = run_transformer(decoder, embeddings, backbone.prompt_encoder.get_dense_pe(), sparse, dense)
     logits = masks_from_weights(mask_weights(decoder, state.mask_tokens), state.upscaled)
     return DecoderReadout(tokens=torch.cat([state.iou_token, state.mask_tokens[:, 0]], dim=1), logits=logits,
                           iou=decoder.iou_prediction_head(state.iou_token))
