@@ -104,6 +104,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     if any(not 1 <= m <= 256 for m in args.seqsam_lengths):
         raise AmbiguousSAMError(f"--seqsam-lengths takes numbers of masks from 1 to 256; got "
                                 f"{' '.join(map(str, args.seqsam_lengths))}.")
+    per_slice = [option for option, value in (("--limit", args.limit), ("--save-samples", args.save_samples),
+                                              ("--reliability", args.reliability)) if value is not None]
+    if args.nodules and per_slice:
+        raise AmbiguousSAMError(f"--nodules scores whole nodules, and {', '.join(per_slice)} "
+                                f"{'applies' if len(per_slice) == 1 else 'apply'} only to slices: "
+                                f"leave {'it' if len(per_slice) == 1 else 'them'} out, or drop --nodules.")
     known = ("heads", *(baseline.name for baseline in BASELINES))
     methods = args.methods or list(known)
     unknown = [name for name in methods if name not in known]
@@ -125,6 +131,9 @@ def _evaluate(args: argparse.Namespace) -> None:
             head.name += label
             rows.append(head)
     samplers = [*rows, *(baseline(backbone) for baseline in BASELINES if baseline.name in methods)]
+    if args.nodules:
+        _evaluate_nodules(args, samplers, predictor)
+        return
     index, results = evaluate(args.data, samplers, predictor, samples=args.samples, seed=args.seed,
                               limit=args.limit, cache=args.cache, keep_samples=args.save_samples is not None,
                               progress=_progress("evaluate"), half=args.half)
@@ -146,6 +155,23 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         save_reliability_diagram(args.reliability, results, f"{Path(args.data).name}: {len(index)} slices, "
                                                             f"{args.samples} samples, seed {args.seed}")
+
+
+def _evaluate_nodules(args: argparse.Namespace, samplers: list, predictor) -> None:
+    """`evaluate --nodules`: every method on whole nodules (nodule_evaluation.py), one table and its JSON."""
+    from .nodule_evaluation import by_contrast, evaluate_nodules, format_nodule_table, summarise
+
+    results = evaluate_nodules(args.data, samplers, predictor, samples=args.samples, seed=args.seed, cache=args.cache,
+                               half=args.half, progress=_progress("nodules"))
+    table = format_nodule_table(results, args.samples)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "data": str(args.data), "samples": args.samples, "seed": args.seed, "half": args.half, "unit": "nodule",
+            "backbone": predictor.backbone.spec.name, "precision": args.precision,
+            "methods": {name: {**summarise(scores), "by_contrast": by_contrast(scores)}
+                        for name, scores in results.items()},
+            "table": table}, indent=2))
 
 
 def _tune_sampling(args: argparse.Namespace) -> None:
@@ -449,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reliability", help="write the reliability diagram (PNG) of every method here")
     evaluate.add_argument("--half", choices=("even", "odd"), help="score only the even or the odd protocol slices "
                           "(tune-sampling chooses on the even ones: report a tuned head on the odd ones)")
+    evaluate.add_argument("--nodules", action="store_true",
+                          help="score whole nodules in 3D instead of slices: each nodule's consecutive crops stacked, "
+                               "candidates drawn as a click on a volume draws them (needs the 'nodule' and 'slice' "
+                               "keys; --half then takes every other nodule)")
     _add_model_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
     tune = commands.add_parser("tune-sampling", help="choose the prior's temperature and the presence gate's "

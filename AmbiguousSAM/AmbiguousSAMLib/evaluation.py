@@ -65,6 +65,23 @@ def evaluation_rows(masks: np.ndarray, limit: int | None) -> np.ndarray:
     return rows
 
 
+def check_half(half: str | None) -> None:
+    """Refuse a half that is neither "even" nor "odd" (None: everything)."""
+    if half not in (None, "even", "odd"):
+        raise InvalidSettingError(f"half must be 'even' or 'odd', not {half!r}.")
+
+
+def cached_embeddings(data: str | Path, rows: np.ndarray, predictor: Predictor, cache: str | Path | None,
+                      seed: int) -> np.ndarray | None:
+    """The embeddings (N, 256, 64, 64) of `rows` from the evaluation cache `cache`, encoded there on first use (no
+    shift: evaluation scores the crops as they are), or None without a cache (the caller encodes each slice)."""
+    if cache is None:
+        return None
+    store = EmbeddingCache(cache)
+    store.build(data, rows, predictor, max_shift=0, seed=seed)
+    return store.embeddings()
+
+
 def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, samples: int = 16, seed: int = 0,
              limit: int | None = None, cache: str | Path | None = None, keep_samples: bool = False,
              progress: Callable[[int, int], None] | None = None,
@@ -74,16 +91,11 @@ def evaluate(data: str | Path, samplers: list[Sampler], predictor: Predictor, sa
     `half` "even" or "odd" scores only every other protocol slice (the 0th, 2nd, ... or the 1st, 3rd, ...), the
     halves `tune-sampling` chooses on and checks on, so a tuned head is reported on slices it was not tuned on.
     """
-    if half not in (None, "even", "odd"):
-        raise InvalidSettingError(f"half must be 'even' or 'odd', not {half!r}.")
+    check_half(half)
     with open_crop_file(data) as file:
         rows = evaluation_rows(file["masks"], limit)
     crops = load_crops(data, rows)
-    embeddings = None
-    if cache is not None:
-        store = EmbeddingCache(cache)
-        store.build(data, rows, predictor, max_shift=0, seed=seed)
-        embeddings = store.embeddings()
+    embeddings = cached_embeddings(data, rows, predictor, cache, seed)
     results = [MethodResult(s.name) for s in samplers]
     frame = ModelFrame.for_image(crops.images.shape[1:], predictor.backbone.image_size)
     scored = range(len(rows)) if half is None else range(0 if half == "even" else 1, len(rows), 2)

@@ -13,9 +13,8 @@ crop, and the crop window is fixed per lesion, so re-running with another K or s
 A box drawn by a user says "there is a lesion here", which a radiologist who left the slice unmarked did not.
 The head learnt from such radiologists that a faint lesion is often left unmarked: its presence gate gives
 each sample a rank and leaves it empty where the rank is above the chance pi that an expert marks the slice.
-The K hypotheses are therefore drawn *given a non-empty mask on the clicked slice*: a seeded pool of samples
-is decoded there and the first K non-empty ones are kept (rejection sampling; empty ones fill up only if too
-few are non-empty). A kept sample's rank is below pi on the clicked slice, so it stays marked on every slice
+The K hypotheses are therefore drawn *given a non-empty mask on the clicked slice* (click_conditioning.py:
+the first K non-empty ones of a seeded pool decoded there). A kept sample's rank is below pi on the clicked slice, so it stays marked on every slice
 where the gate is at least as sure, and drops out where pi falls below its rank: candidates disagree about
 the lesion's extent above and below, as the raters do.
 
@@ -47,6 +46,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .click_conditioning import CONDITIONING_POOL, marked_first
 from .errors import CancelledError, CheckpointError
 from .heads.baselines import Deterministic
 from .head_names import DETERMINISTIC, SHIPPED_HEAD_FILES
@@ -73,8 +73,6 @@ PROPAGATION_MARGIN = 3
 BOX_SHARE = 0.25
 #: Propagation also stops when the consensus shrinks below this fraction of its area on the clicked slice.
 MIN_AREA_FRACTION = 0.2
-#: Latents drawn per wanted candidate on the clicked slice, from which the first K non-empty ones are kept.
-CONDITIONING_POOL = 4
 #: Latents decoded at once: memory stays flat in K (the default 4 x 16 pool is one chunk).
 DECODE_CHUNK = 64
 
@@ -269,8 +267,7 @@ class LesionSegmenter:
         if hasattr(self.sampler, "draw_noise"):
             pool = self.sampler.draw_noise(CONDITIONING_POOL * samples, seed)
             clicked = run_slice(slice_k, box, pool)
-            marked = (clicked.probs > 0.5).reshape(len(pool), -1).any(axis=1)
-            chosen = np.argsort(~marked, kind="stable")[:samples]
+            chosen = marked_first(clicked.probs, samples)
             noise = pool[torch.from_numpy(chosen)]
             results = [clicked.rows(chosen)]
         else:

@@ -213,7 +213,6 @@ def removeOutputNodes(nodes: list[slicer.vtkMRMLDisplayableNode]) -> None:
                 scene.RemoveNode(companion)
 
 
-
 def setsReferencing(probabilityNode: slicer.vtkMRMLScalarVolumeNode) -> list[slicer.vtkMRMLSegmentationNode]:
     """The segmentations of the scene whose mean-probability reference is `probabilityNode`."""
     scene = probabilityNode.GetScene()
