@@ -13,7 +13,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from AmbiguousSAMLogic import (BACKBONE_CHOICES, CANDIDATE_ROLE, DEVICE_CHOICES, HEAD_CHOICES,
+from AmbiguousSAMLogic import (BACKBONE_CHOICES, CANDIDATE_ROLE, DEVICE_CHOICES, HEAD_CHOICES, RUNTIME_CHOICES,
                                UNCERTAINTY_ATTRIBUTE, AmbiguousSAMLogic, ModelSettings, SegmentationRun,
                                acceptCandidate, adoptCandidateSet, candidateIdsBestFirst, candidateScores,
                                candidateSetReview, candidateSetVolume, exportCandidateSetToDicom, installDependencies,
@@ -103,6 +103,7 @@ def parameterNodeClass() -> type:
         checkpoint: pathlib.Path
         head: Annotated[str, Choice(list(HEAD_CHOICES))] = "default"
         device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+        runtime: Annotated[str, Choice(list(RUNTIME_CHOICES))] = "auto"
         serverUrl: str = ""
         tokenFile: pathlib.Path
 
@@ -282,6 +283,7 @@ class AmbiguousSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         return ModelSettings(backbone=parameters.backbone, head=parameters.head,
                              checkpoint=pathText(parameters.checkpoint) or None, device=parameters.device,
+                             runtime=parameters.runtime,
                              serverUrl=parameters.serverUrl.strip(), tokenFile=pathText(parameters.tokenFile))
 
     def _updateDeviceWarning(self) -> None:

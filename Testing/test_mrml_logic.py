@@ -111,7 +111,10 @@ def test_model_choices_and_defaults_follow_the_core():
     from AmbiguousSAMLib.segmenter import LesionSegmenter
 
     assert BACKBONE_CHOICES == tuple(BACKBONES)
-    assert ModelSettings().precision == inspect.signature(LesionSegmenter).parameters["precision"].default
+    defaults = inspect.signature(LesionSegmenter).parameters
+    assert ModelSettings().precision == defaults["precision"].default
+    assert ModelSettings().runtime == defaults["runtime"].default
+    assert ModelSettings(runtime="torch").modelOptions()["runtime"] == "torch"  # a change starts a new server
 
 
 def test_the_logic_does_not_import_torch():

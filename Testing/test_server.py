@@ -77,6 +77,21 @@ def client(server: ServerProcess) -> InferenceClient:
     return server.client()
 
 
+def test_the_server_runs_the_encoder_runtime_it_was_started_with(server: ServerProcess) -> None:
+    """The Slicer module's "Encoder runtime" setting reaches the model: auto is OpenVINO on a CPU and PyTorch on
+    CUDA, and a server started with "torch" encodes with PyTorch."""
+    import torch
+
+    assert server.client().health()["model"]["runtime"] == ("torch" if torch.cuda.is_available() else "openvino")
+    forced = ServerProcess(sys.executable, runtime="torch")
+    forced.start()
+    try:
+        forced.wait_ready()
+        assert forced.client().health()["model"]["runtime"] == "torch"
+    finally:
+        forced.stop()
+
+
 def request(url: str, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict]:
     """One raw HTTP request, as any client (not ours) could send it; (status, JSON answer)."""

@@ -240,7 +240,7 @@ class InferenceServer(ThreadingHTTPServer):
         return {"status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION,
                 "model": {"backbone": self.options.backbone, "head": self.options.head,
                           "checkpoint": self.options.checkpoint, "precision": segmenter.predictor.precision,
-                          "scorer": segmenter.scorer_file,
+                          "scorer": segmenter.scorer_file, "runtime": segmenter.predictor.encoder().name,
                           "device": str(segmenter.predictor.device)},
                 "device": str(segmenter.predictor.device), "encoded_crops": segmenter.encoded_crops,
                 "jobs": self.runner.counts(), "max_request_mb": self.options.max_request_mb}

@@ -36,10 +36,10 @@ class ServerProcess:
 
     def __init__(self, python: str, *, backbone: str = "litemedsam", head: str = "default",
                  checkpoint: str | None = None, device: str = "auto", precision: str = "bf16",
-                 extra_path: list[str] | None = None) -> None:
+                 runtime: str = "auto", extra_path: list[str] | None = None) -> None:
         self.python = python
         self.model_options = ["--backbone", backbone, "--head", str(head), "--device", device,
-                              "--precision", precision] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+                              "--precision", precision, "--runtime", runtime] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
         self.extra_path = list(extra_path or [])
         self.token = secrets.token_urlsafe(32)
         self._process: subprocess.Popen | None = None

@@ -14,7 +14,7 @@ from .dependencies import installDependencies, installDicomExportDependencies, m
 from .dicomexport import DicomExport, candidateSetVolume, exportCandidateSetToDicom
 from .display import overlayUncertainty, setHeatmapColorNode, showCandidates
 from .logic import AmbiguousSAMLogic
-from .modelsettings import BACKBONE_CHOICES, DEVICE_CHOICES, HEAD_CHOICES, ModelSettings
+from .modelsettings import BACKBONE_CHOICES, DEVICE_CHOICES, HEAD_CHOICES, RUNTIME_CHOICES, ModelSettings
 from .modifier import candidateModifierLabelmap, segmentHasVoxels
 from .nodes import (CANDIDATES_ATTRIBUTE, PROBABILITY_ATTRIBUTE, UNCERTAINTY_ATTRIBUTE, adoptCandidateSet,
                     candidateSetProbability, removeOutputNodes, segmentIdsWithRole)
@@ -24,7 +24,7 @@ from .sliceview import NOT_AXIAL_MESSAGE, sliceShowsAxialPlane
 
 __all__ = [
     "AmbiguousSAMError", "AmbiguousSAMLogic", "BACKBONE_CHOICES", "CANDIDATE_ROLE", "CANDIDATES_ATTRIBUTE",
-    "CancelledError", "DEVICE_CHOICES", "DicomExport", "PROBABILITY_ATTRIBUTE", "candidateSetProbability", "HEAD_CHOICES", "InferenceSession", "ModelSettings", "NOT_AXIAL_MESSAGE", "RemoteTask", "SegmentationRun", "ServerError", "UNCERTAINTY_ATTRIBUTE",
+    "CancelledError", "DEVICE_CHOICES", "DicomExport", "PROBABILITY_ATTRIBUTE", "candidateSetProbability", "HEAD_CHOICES", "InferenceSession", "RUNTIME_CHOICES", "ModelSettings", "NOT_AXIAL_MESSAGE", "RemoteTask", "SegmentationRun", "ServerError", "UNCERTAINTY_ATTRIBUTE",
     "acceptCandidate", "adoptCandidateSet", "candidateIdsBestFirst", "candidateLabelmap", "candidateScores", "candidateSetReview", "candidateModifierLabelmap", "candidateSetVolume",
     "exportCandidateSetToDicom", "installDependencies", "installDicomExportDependencies", "missingPackages", "overlayUncertainty",
     "removeOutputNodes", "segmentHasVoxels", "segmentIdsWithRole", "setHeatmapColorNode", "sharedSession", "showCandidates", "sliceShowsAxialPlane", "userMessage",

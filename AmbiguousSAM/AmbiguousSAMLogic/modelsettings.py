@@ -1,4 +1,5 @@
-"""Which model runs, and where: backbone, ambiguity head, weights, device, precision, server, as one value.
+"""Which model runs, and where: backbone, ambiguity head, weights, device, precision, encoder runtime, server,
+as one value.
 
 Loading a model takes seconds, so the inference session keeps one server with the model loaded and restarts it
 only when these settings change. The choices are listed without importing torch, so the Slicer module can offer
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from AmbiguousSAMLib.head_names import HEAD_NAMES
+from AmbiguousSAMLib.limits import RUNTIMES
 
 #: Names of AmbiguousSAMLib.modeling.backbone.BACKBONES; only "litemedsam" works without a checkpoint file.
 BACKBONE_CHOICES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
@@ -19,6 +21,8 @@ BACKBONE_CHOICES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam
 HEAD_CHOICES = HEAD_NAMES
 #: "auto" is CUDA when a GPU is visible to PyTorch, else the CPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: Image-encoder runtimes (AmbiguousSAMLib/encoder_runtime.py): "auto" is OpenVINO on a CPU and PyTorch on CUDA.
+RUNTIME_CHOICES = RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class ModelSettings:
     device: str = "auto"
     #: bf16 autocast, the core's default: about half the encoder time, masks agree with fp32 at Dice ~0.98-0.997.
     precision: str = "bf16"
+    #: The image encoder's runtime; "auto" picks per machine, "torch" or "openvino" force one.
+    runtime: str = "auto"
     #: URL of a running `ambiguous-sam serve` (a GPU workstation, say). Empty: a local server process that the
     #: session starts with the model options above; a remote server runs the model it was started with.
     serverUrl: str = ""
@@ -41,4 +47,4 @@ class ModelSettings:
     def modelOptions(self) -> dict[str, str | None]:
         """The options a local server is started with; a change of any of them means a new server process."""
         return {"backbone": self.backbone, "head": self.head, "checkpoint": self.checkpoint, "device": self.device,
-                "precision": self.precision}
+                "precision": self.precision, "runtime": self.runtime}
