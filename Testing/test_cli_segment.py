@@ -157,6 +157,18 @@ def test_the_batch_table_lists_flagged_lesions_first_and_is_written_as_csv(obliq
         "an existing table is not replaced without --overwrite"
 
 
+@pytest.mark.parametrize("target", ["the batch file", "the CT"])
+def test_the_review_table_never_replaces_an_input_even_with_overwrite(oblique_ct, tmp_path, capsys, target) -> None:
+    path, _ = oblique_ct
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"input,out,i0,j0,i1,j1,slice,samples\n{path},nodule,28,36,52,60,6,2\n")
+    table = jobs if target == "the batch file" else Path(path)
+    before = table.read_bytes()
+    assert main(["segment", "--batch", str(jobs), "--review-table", str(table), "--overwrite"]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    assert table.read_bytes() == before and not (tmp_path / "nodule").exists()
+
+
 def test_same_seed_writes_identical_files(oblique_ct, segmented, tmp_path) -> None:
     path, _ = oblique_ct
     out, _ = segmented

@@ -265,7 +265,6 @@ def _segment(args: argparse.Namespace) -> None:
         if not args.batch:
             raise AmbiguousSAMError("--review-table lists the lesions of a --batch; with one INPUT, its summary.json "
                                     "holds the review flag.")
-        check_review_table(Path(args.review_table), args.overwrite)
     if args.batch:
         if args.series_uid is not None or args.dicom_out is not None:
             raise AmbiguousSAMError("--series-uid and --dicom-out go with one INPUT, not with --batch (each row has "
@@ -275,6 +274,9 @@ def _segment(args: argparse.Namespace) -> None:
             print(f"{args.batch}, line {line}: skipped: {reason.rstrip('.')}.", file=sys.stderr)
         if not jobs:
             raise AmbiguousSAMError(f"Every row of {args.batch} was refused (see above); nothing was run.")
+        if args.review_table is not None:
+            check_review_table(Path(args.review_table), args.overwrite,
+                               inputs=[Path(args.batch), *(job.input for job in jobs)])
     else:
         if args.input is None or args.out is None:
             raise AmbiguousSAMError("Give INPUT and -o OUT (or --batch jobs.csv).")

@@ -14,7 +14,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import AmbiguousSAMError
 from .limits import check_samples, check_seed
@@ -194,8 +194,12 @@ def review_table(done: list[tuple[SegmentJob, dict]]) -> list[dict[str, str]]:
     return rows
 
 
-def check_review_table(path: Path, overwrite: bool = False) -> None:
-    """Refuse a review table path that cannot be written, before any model work."""
+def check_review_table(path: Path, overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
+    """Refuse a review table path that cannot be written, or that is one of the run's `inputs` (the batch file, a
+    CT), which --overwrite must never replace, before any model work."""
+    if any(path.resolve() == Path(given).resolve() for given in inputs):
+        raise AmbiguousSAMError(f"--review-table {path} is an input of this run; the review table never replaces an "
+                                "input. Choose another file.")
     if path.is_dir():
         raise AmbiguousSAMError(f"--review-table {path} is a folder; give the path of a .csv file.")
     if path.exists() and not overwrite:
