@@ -8,10 +8,14 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import AmbiguousSAMError
 from .head_names import HEAD_HELP
 from .limits import RUNTIMES
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it, not to parse arguments
+    from .predictor import Predictor
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -157,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                                                             f"{args.samples} samples, seed {args.seed}")
 
 
-def _evaluate_nodules(args: argparse.Namespace, samplers: list, predictor) -> None:
+def _evaluate_nodules(args: argparse.Namespace, samplers: list, predictor: Predictor) -> None:
     """`evaluate --nodules`: every method on whole nodules (nodule_evaluation.py), one table and its JSON."""
     from .nodule_evaluation import by_contrast, evaluate_nodules, format_nodule_table, summarise
 

@@ -423,8 +423,11 @@ def serve(options: ServeOptions) -> None:
                                                   checkpoint=options.checkpoint, device=options.device,
                                                   precision=options.precision, runtime=options.runtime,
                                                   scorer=options.scorer))
-        _log(f"model ready on {server.runner.segmenter.predictor.device} in {time.perf_counter() - started:.1f} s; "
-             f"serving on {server.url}")
+        # The encoder is built on first use; here that is start-up: its one-time OpenVINO conversion or compile
+        # then never runs inside a health request or the user's first click.
+        encoder = server.runner.segmenter.predictor.encoder()
+        _log(f"model ready on {server.runner.segmenter.predictor.device} ({encoder.name} encoder) in "
+             f"{time.perf_counter() - started:.1f} s; serving on {server.url}")
         http = threading.Thread(target=server.serve_forever, name="HTTP", daemon=True)
         http.start()
         if options.ready_file:

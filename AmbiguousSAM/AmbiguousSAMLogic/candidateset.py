@@ -16,13 +16,18 @@ from AmbiguousSAMLib.review_flag import ReviewFlag
 from .nodes import segmentIdsWithRole
 
 
+def segmentTag(segmentationNode: slicer.vtkMRMLSegmentationNode, segmentId: str, tag: str) -> str | None:
+    """The text of one of a segment's tags, or None when the segment has no such tag."""
+    value = vtk.reference("")
+    found = segmentationNode.GetSegmentation().GetSegment(segmentId).GetTag(tag, value)
+    return str(value) if found else None
+
+
 def segmentNumber(segmentationNode: slicer.vtkMRMLSegmentationNode, segmentId: str, tag: str) -> float | None:
     """The number in one of a segment's tags, or None when the tag is missing or holds no number."""
-    value = vtk.reference("")
-    if not segmentationNode.GetSegmentation().GetSegment(segmentId).GetTag(tag, value):
-        return None
+    text = segmentTag(segmentationNode, segmentId, tag)
     try:
-        return float(str(value))
+        return None if text is None else float(text)
     except ValueError:
         return None
 
@@ -51,12 +56,8 @@ def candidateIdsBestFirst(segmentationNode: slicer.vtkMRMLSegmentationNode) -> l
 
 def candidateSetReview(segmentationNode: slicer.vtkMRMLSegmentationNode) -> ReviewFlag:
     """The lesion's review flag, from the consensus segment's tags ("not available" when it has none)."""
-    consensusIds = segmentIdsWithRole(segmentationNode, CONSENSUS_ROLE)
     tags = {}
-    if consensusIds:
-        segment = segmentationNode.GetSegmentation().GetSegment(consensusIds[0])
-        for tag in (REVIEW_TAG, DISAGREEMENT_TAG, THRESHOLD_TAG):
-            value = vtk.reference("")
-            if segment.GetTag(tag, value):
-                tags[tag] = str(value)
-    return review_from_tags(tags)
+    for consensusId in segmentIdsWithRole(segmentationNode, CONSENSUS_ROLE)[:1]:
+        tags = {tag: segmentTag(segmentationNode, consensusId, tag) for tag in (REVIEW_TAG, DISAGREEMENT_TAG,
+                                                                                 THRESHOLD_TAG)}
+    return review_from_tags({tag: value for tag, value in tags.items() if value is not None})
