@@ -15,6 +15,8 @@ from .head_names import HEAD_HELP
 from .limits import RUNTIMES
 
 if TYPE_CHECKING:  # torch is imported by the commands that need it, not to parse arguments
+    import numpy as np
+
     from .predictor import Predictor
 
 
@@ -43,6 +45,9 @@ def _train(args: argparse.Namespace) -> None:
                           precision=args.precision, runtime=args.runtime)
     with open_crop_file(args.data) as data:
         rows = nested_order(rows_with_raters(data["masks"])[:: args.every])
+    if args.head == "ua-sam":
+        _train_ua_sam(args, predictor, rows)
+        return
     cache = EmbeddingCache(args.cache)
     wanted = len(rows) if args.encode_limit is None else min(args.encode_limit, len(rows))
     if cache.meta().get("done", 0) < wanted or cache.meta()["settings"]["rows"] != len(rows):
@@ -59,6 +64,26 @@ def _train(args: argparse.Namespace) -> None:
                              set_weight=args.set_weight, set_samples=args.set_samples,
                              device=str(predictor.device), init=args.init, **given)
         path = train(cache, predictor.backbone, config, args.out, stop_after=args.stop_after, rows=wanted)
+    print(f"wrote {path}" if path else f"stopped after {args.stop_after} steps; run the same command to continue")
+
+
+def _train_ua_sam(args: argparse.Namespace, predictor: Predictor, rows: np.ndarray) -> None:
+    """`train --head ua-sam`: its cache holds the encoder's features before the adapted blocks, not embeddings."""
+    from .heads.ua_sam import UASAM
+    from .training.ua_sam_features import EarlyFeatureCache
+    from .training.ua_sam_trainer import UASAMTrainConfig, train_ua_sam
+
+    cache = EarlyFeatureCache(args.cache)
+    wanted = len(rows) if args.encode_limit is None else min(args.encode_limit, len(rows))
+    if cache.meta().get("done", 0) < wanted or cache.meta()["settings"]["rows"] != len(rows):
+        print(f"computing UA-SAM's early features of {wanted} of {len(rows)} crops into {args.cache} (once; "
+              "resumable)", file=sys.stderr)
+        features = UASAM(predictor.backbone, adapted_blocks=args.adapted_blocks).to(predictor.device).eval()
+        cache.build(args.data, rows, features, progress=_progress("features"), limit=args.encode_limit)
+    given = {name: getattr(args, name) for name in ("batch_size", "steps", "lr") if getattr(args, name) is not None}
+    config = UASAMTrainConfig(latent_dim=args.latent_dim, adapted_blocks=args.adapted_blocks, beta=args.beta,
+                              seed=args.seed, device=str(predictor.device), precision=args.precision, **given)
+    path = train_ua_sam(cache, predictor.backbone, config, args.out, stop_after=args.stop_after, rows=wanted)
     print(f"wrote {path}" if path else f"stopped after {args.stop_after} steps; run the same command to continue")
 
 
@@ -428,8 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--encode-limit", type=int, help="encode (and train on) only the first N crops of the subset "
                        "(the cache is in nested order: the first quarter is every 4th crop, the first half every 2nd)")
     train.add_argument("--out", required=True, help="folder for checkpoints, loss curves and head.pt")
-    train.add_argument("--head", default="probabilistic_sam", choices=("probabilistic_sam", "seqsam"),
-                       help="which head to train (SeqSAM: the recurrent multi-mask head, heads/seqsam.py)")
+    train.add_argument("--head", default="probabilistic_sam", choices=("probabilistic_sam", "seqsam", "ua-sam"),
+                       help="which head to train (SeqSAM: the recurrent multi-mask head, heads/seqsam.py; UA-SAM: "
+                            "z-conditioned adapters in the image encoder, heads/ua_sam.py)")
+    train.add_argument("--adapted-blocks", type=int, default=1, choices=(1, 2),
+                       help="UA-SAM: how many of the encoder's last blocks carry adapters (its --cache is built for "
+                            "that number)")
     train.add_argument("--train-length", type=int, default=4,
                        help="SeqSAM: decoder steps M unrolled per crop (M > 4 raters trains the chunk pooling)")
     train.add_argument("--empty-raters", default="target", choices=("target", "masked"),
@@ -438,9 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--injection", default="hypernetwork", choices=("hypernetwork", "prompt"))
     train.add_argument("--latent-dim", type=int, default=6)
     train.add_argument("--beta", type=float, default=10.0)
-    train.add_argument("--batch-size", type=int, help="default 8 (Probabilistic SAM), 2 (SeqSAM)")
-    train.add_argument("--steps", type=int, help="default 2000 (Probabilistic SAM), 400 (SeqSAM)")
-    train.add_argument("--lr", type=float, help="default 1e-3 (Probabilistic SAM), 3e-4 (SeqSAM)")
+    train.add_argument("--batch-size", type=int, help="default 8 (Probabilistic SAM), 2 (SeqSAM), 4 (UA-SAM)")
+    train.add_argument("--steps", type=int, help="default 2000 (Probabilistic SAM), 400 (SeqSAM), 300 (UA-SAM)")
+    train.add_argument("--lr", type=float, help="default 1e-3 (Probabilistic SAM), 3e-4 (SeqSAM), 1e-3 (UA-SAM)")
     train.add_argument("--set-weight", type=float, default=0.0,
                        help="weight of the set-level loss (soft-IoU energy distance between K prior samples and "
                             "the raters) added to the ELBO; 0: the ELBO alone")

@@ -17,4 +17,4 @@ HEAD_NAMES = (*SHIPPED_HEAD_FILES, DETERMINISTIC)
 #: The --head help of the commands that segment.
 HEAD_HELP = ("'default' (the shipped Probabilistic SAM LIDC head), 'seqsam' (the shipped SeqSAM LIDC head: "
              "deterministic, its candidates ignore --seed), 'deterministic' (the backbone's single mask), or the "
-             "path of a head file of either kind")
+             "path of a head file of any kind (Probabilistic SAM, SeqSAM, UA-SAM)")

@@ -158,8 +158,8 @@ class LesionSegmenter:
         self.encoded_crops = 0
 
     def _load_sampler(self, head: str | Path | None) -> Sampler:
-        """A name of head_names.HEAD_NAMES, a head file of either kind (Probabilistic SAM or SeqSAM), or None for
-        the deterministic backbone."""
+        """A name of head_names.HEAD_NAMES, a head file of any kind (Probabilistic SAM, SeqSAM or UA-SAM), or None
+        for the deterministic backbone."""
         if head is None or head == DETERMINISTIC:
             return Deterministic(self.predictor.backbone)
         path = shipped_model(SHIPPED_HEAD_FILES[head]) if head in SHIPPED_HEAD_FILES else Path(head)

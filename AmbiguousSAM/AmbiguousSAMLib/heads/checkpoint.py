@@ -4,8 +4,8 @@ A head file records the backbone it was trained on and its constructor arguments
 backbone fails with a message instead of producing garbage masks. The reading, writing and backbone checks are
 shared with the other trained file that ships, the UncertainSAM scorer (scorer_checkpoint.py).
 
-Two kinds of head share the format, told apart by the payload's "head" entry ("seqsam"; files without it, all
-those written before SeqSAM, are Probabilistic SAM heads, so they keep loading).
+Three kinds of head share the format, told apart by the payload's "head" entry ("seqsam", "ua-sam"; files without
+it, all those written before SeqSAM, are Probabilistic SAM heads, so they keep loading).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..head_names import SHIPPED_HEAD_FILES
 from ..modeling.backbone import Backbone
 from .probabilistic_sam import ProbabilisticSAM
 from .seqsam import SeqSAM
+from .ua_sam import UASAM
 
 HEAD_FILE_NAME = SHIPPED_HEAD_FILES["default"]
 
@@ -108,10 +109,12 @@ def check_backbone(payload: dict, path: Path, kind: CheckpointKind, backbone: Ba
 
 
 #: The payload's "head" entry of each kind of head, and the kind a file without one holds.
-PROBABILISTIC_SAM, SEQSAM = "probabilistic_sam", "seqsam"
+PROBABILISTIC_SAM, SEQSAM, UA_SAM = "probabilistic_sam", "seqsam", "ua-sam"
+#: The kinds of head file this version reads.
+HEAD_KINDS = (PROBABILISTIC_SAM, SEQSAM, UA_SAM)
 
 
-def _trained_state(head: ProbabilisticSAM | SeqSAM, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def _trained_state(head: ProbabilisticSAM | SeqSAM | UASAM, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().to(dtype) for name, p in head.trainable_parameters().items()}
 
 
@@ -131,6 +134,16 @@ def save_seqsam(head: SeqSAM, path: str | Path, backbone_name: str, extra: dict 
                       "state": _trained_state(head, torch.float16), "extra": extra or {}}, path)
 
 
+def save_ua_sam(head: UASAM, path: str | Path, backbone_name: str, extra: dict | None = None) -> None:
+    """A UA-SAM head file: its adapters, first position variant, prior and posterior, and the settings that shape
+    them (never the encoder, prompt encoder or decoder, which are the backbone's)."""
+    write_checkpoint({"format": HEAD.format, "head": UA_SAM, "backbone": backbone_name,
+                      "config": {"latent_dim": head.latent_dim, "adapted_blocks": head.adapted_blocks,
+                                 "bottleneck": head.bottleneck, "position_dim": head.position_dim,
+                                 "prior_temperature": head.prior_temperature},
+                      "state": _trained_state(head), "extra": extra or {}}, path)
+
+
 def copy_matching_weights(head: ProbabilisticSAM, path: str | Path) -> list[str]:
     """Start training from an earlier head (fine-tuning, or a head of an older layout): copy each tensor whose
     name and shape match and return the names of the trained tensors left as initialised."""
@@ -148,7 +161,7 @@ def copy_matching_weights(head: ProbabilisticSAM, path: str | Path) -> list[str]
 def _read_head(path: Path, backbone: Backbone) -> dict:
     payload = read_checkpoint(path, HEAD)
     check_backbone(payload, path, HEAD, backbone)
-    if payload.get("head", PROBABILISTIC_SAM) not in (PROBABILISTIC_SAM, SEQSAM):
+    if payload.get("head", PROBABILISTIC_SAM) not in HEAD_KINDS:
         raise CheckpointError(f"{path} holds a '{payload['head']}' head, which this version of AmbiguousSAM does not "
                               "know; update AmbiguousSAM or use another head file.")
     return payload
@@ -156,31 +169,41 @@ def _read_head(path: Path, backbone: Backbone) -> dict:
 
 def load_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM:
     """Build the Probabilistic SAM head on `backbone` and load its trained weights (strictly: every trained
-    tensor must fit). A SeqSAM file is refused: the paths that call this use the latent noise, the presence gate
-    or the sampling settings that only Probabilistic SAM has."""
+    tensor must fit). A SeqSAM or UA-SAM file is refused: the paths that call this use the presence gate or the
+    sampling settings that only Probabilistic SAM has."""
     path = Path(path)
     payload = _read_head(path, backbone)
-    if payload.get("head", PROBABILISTIC_SAM) == SEQSAM:
-        raise CheckpointError(f"{path} is a SeqSAM head; this command takes a Probabilistic SAM head (made by "
-                              "'ambiguous-sam train' without '--head seqsam'). SeqSAM heads run in 'segment --head', "
+    kind = payload.get("head", PROBABILISTIC_SAM)
+    if kind != PROBABILISTIC_SAM:
+        name = {SEQSAM: "SeqSAM", UA_SAM: "UA-SAM"}[kind]
+        raise CheckpointError(f"{path} is a {name} head; this command takes a Probabilistic SAM head (made by "
+                              f"'ambiguous-sam train' without '--head'). {name} heads run in 'segment --head', "
                               "'serve --head' and 'evaluate --head'.")
+    return _built(ProbabilisticSAM, backbone, payload, path)
+
+
+def load_any_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM | SeqSAM | UASAM:
+    """The head a file holds, whichever kind it is (what the segmenter, `evaluate` and the benchmarks run)."""
+    path = Path(path)
+    payload = _read_head(path, backbone)
+    kind = payload.get("head", PROBABILISTIC_SAM)
+    if kind == PROBABILISTIC_SAM:
+        return load_head(backbone, path)
+    return _built({SEQSAM: SeqSAM, UA_SAM: UASAM}[kind], backbone, payload, path)
+
+
+def _built(head_class: type, backbone: Backbone, payload: dict, path: Path) -> ProbabilisticSAM | SeqSAM | UASAM:
+    """A `head_class` head with the file's settings and trained tensors. Settings this version does not take
+    (a TypeError) or refuses (a ValueError) mean another version wrote the file."""
     try:
-        head = ProbabilisticSAM(backbone, **payload["config"])
-    except TypeError as error:
+        head = head_class(backbone, **payload["config"])
+    except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path} was written by another version of AmbiguousSAM ({error}); retrain it.") from error
     return _load_state(head, payload, path)
 
 
-def load_any_head(backbone: Backbone, path: str | Path = DEFAULT_HEAD) -> ProbabilisticSAM | SeqSAM:
-    """The head a file holds, whichever kind it is (what the segmenter, `evaluate` and the benchmarks run)."""
-    path = Path(path)
-    payload = _read_head(path, backbone)
-    if payload.get("head", PROBABILISTIC_SAM) == PROBABILISTIC_SAM:
-        return load_head(backbone, path)
-    return _load_state(SeqSAM(backbone), payload, path)
-
-
-def _load_state(head: ProbabilisticSAM | SeqSAM, payload: dict, path: Path) -> ProbabilisticSAM | SeqSAM:
+def _load_state(head: ProbabilisticSAM | SeqSAM | UASAM, payload: dict,
+                path: Path) -> ProbabilisticSAM | SeqSAM | UASAM:
     """Copy the file's trained tensors into `head`, strictly: the names and shapes must be the head's own."""
     expected = head.trainable_parameters()
     if set(expected) != set(payload["state"]) or any(

@@ -33,11 +33,13 @@ class GaussianLatentNet(nn.Module):
     the lesion, how much of it, and where.
     """
 
-    def __init__(self, latent_dim: int, with_mask: bool, width: int = 64) -> None:
+    def __init__(self, latent_dim: int, with_mask: bool, width: int = 64, *, in_channels: int = 256) -> None:
+        """`in_channels`: of the feature map read (SAM's embedding; UA-SAM reads its encoder's 320-channel
+        features before the adapted blocks)."""
         super().__init__()
         self.with_mask = with_mask
         self.features = nn.Sequential(
-            nn.Conv2d(256 + 1 + int(with_mask), width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels + 1 + int(with_mask), width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
         )
         self.hidden = nn.Linear((3 if with_mask else 2) * width + 2 * int(with_mask), width)

@@ -72,6 +72,15 @@ class EmbeddingCache:
         """Memory-mapped (N, 256, 64, 64) fp16: only the rows a batch touches are read."""
         return np.load(self.folder / "embeddings.npy", mmap_mode="r")
 
+    def write_crops(self, data: str | Path, rows: np.ndarray, max_shift: int, seed: int) -> None:
+        """`crops.npz`: the `rows` of `data`, each shifted by a seeded random offset (its masks with it)."""
+        crops = load_crops(data, rows)
+        shifts = np.random.default_rng(seed).integers(-max_shift, max_shift + 1, size=(len(rows), 2))
+        images = np.stack([shift_crop(im, dy, dx) for im, (dy, dx) in zip(crops.images, shifts)])
+        masks = np.stack([shift_crop(m, dy, dx) for m, (dy, dx) in zip(crops.masks, shifts)])
+        np.savez(self.folder / "crops.npz", images=images, masks=masks, rows=crops.index, shifts=shifts,
+                 patient=crops.patient)
+
     def build(self, data: str | Path, rows: np.ndarray, predictor: Predictor, max_shift: int = 12,
               seed: int = 0, progress: Callable[[int, int], None] | None = None, limit: int | None = None) -> None:
         """Encode `rows` of the npz `data` (resuming a partial cache built with the same arguments).
@@ -90,12 +99,7 @@ class EmbeddingCache:
         if _with_runtime(meta.get("settings")) != settings:
             if meta.get("done"):
                 raise InvalidSettingError(self._mismatch(meta, settings))
-            crops = load_crops(data, rows)
-            shifts = np.random.default_rng(seed).integers(-max_shift, max_shift + 1, size=(len(rows), 2))
-            images = np.stack([shift_crop(im, dy, dx) for im, (dy, dx) in zip(crops.images, shifts)])
-            masks = np.stack([shift_crop(m, dy, dx) for m, (dy, dx) in zip(crops.masks, shifts)])
-            np.savez(self.folder / "crops.npz", images=images, masks=masks, rows=crops.index, shifts=shifts,
-                     patient=crops.patient)
+            self.write_crops(data, rows, max_shift, seed)
             np.lib.format.open_memmap(self.folder / "embeddings.npy", mode="w+", dtype=np.float16,
                                       shape=(len(rows), *EMBEDDING_SHAPE))
             meta = {"settings": settings, "count": int(len(rows)), "done": 0}
