@@ -28,7 +28,8 @@ from ..modeling.backbone import Backbone
 from .batches import make_batch
 from .embedding_cache import EmbeddingCache
 from .seqsam_loss import EMPTY_RATERS, chunk_members, seqsam_loss
-from .trainer import plot_losses, resume, save_progress, steps_left, usable_rows
+from .trainer import (freeze_all_but_trained, plot_losses, resume, save_progress, start_run, steps_left,
+                      usable_rows)
 
 
 @dataclass
@@ -59,14 +60,9 @@ def train_seqsam(cache: EmbeddingCache, backbone: Backbone, config: SeqSAMTrainC
                  show_progress: bool = True, stop_after: int | None = None, rows: int | None = None) -> Path | None:
     """Train (or resume) and return the head file `out/head.pt`, or None when stopped (`stop_after` steps
     checkpointed) before the last step. `rows` trains on the first that many cached crops only."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
+    out, device = start_run(out, config.device, config.seed)
     head = SeqSAM(backbone).to(device)
-    trainable = head.trainable_parameters()
-    for name, parameter in head.named_parameters():
-        parameter.requires_grad_(name in trainable)
+    trainable = freeze_all_but_trained(head)
     groups = [{"params": [p for n, p in trainable.items() if n.startswith("cell.")], "lr": config.lr},
               {"params": [p for n, p in trainable.items() if not n.startswith("cell.")], "lr": config.lr / 10}]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)

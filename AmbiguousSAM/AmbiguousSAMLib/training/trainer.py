@@ -64,19 +64,14 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
     sessions; the same command continues it. Returns None when stopped before the last step. `rows` trains on
     the first that many cached crops only (a learning curve over nested prefixes of one cache).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
+    out, device = start_run(out, config.device, config.seed)
     head = ProbabilisticSAM(backbone, injection=config.injection, latent_dim=config.latent_dim,
                             presence_evidence=config.presence_evidence)
     if config.init is not None:
         fresh = copy_matching_weights(head, config.init)
         print(f"started from {config.init}; newly initialised: {', '.join(fresh) or 'nothing'}")
     head = head.to(device)
-    trainable = head.trainable_parameters()
-    for name, parameter in head.named_parameters():
-        parameter.requires_grad_(name in trainable)
+    trainable = freeze_all_but_trained(head)
     pretrained = [p for name, p in trainable.items() if name.startswith("mask_decoder.")]
     new = [p for name, p in trainable.items() if not name.startswith("mask_decoder.")]
     rates = [config.lr, config.lr / 10]
@@ -130,6 +125,24 @@ def train(cache: EmbeddingCache, backbone: Backbone, config: TrainConfig, out: s
                      "presence_bce": presence_bce})
     (out / "history.json").write_text(json.dumps(history))
     return final
+
+
+def start_run(out: str | Path, device: str, seed: int) -> tuple[Path, torch.device]:
+    """The run's output folder (created) and device, with torch's global seed set: every trainer starts the same
+    way, so a head's initial weights depend on its seed alone."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    return out, torch.device(device)
+
+
+def freeze_all_but_trained(head: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Gradients for the head's own trained tensors only (its `trainable_parameters`), returned by name: the
+    backbone's copies inside a head stay frozen, so no trainer updates SAM's weights by accident."""
+    trainable = head.trainable_parameters()
+    for name, parameter in head.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    return trainable
 
 
 def resume(last: Path, config: dict, device: str | torch.device, head: torch.nn.Module,

@@ -26,7 +26,8 @@ from ..heads.checkpoint import save_ua_sam
 from ..heads.ua_sam import UASAM
 from ..modeling.backbone import Backbone
 from .batches import make_batch
-from .trainer import plot_losses, resume, save_progress, steps_left, usable_rows
+from .trainer import (freeze_all_but_trained, plot_losses, resume, save_progress, start_run, steps_left,
+                      usable_rows)
 from .ua_sam_features import EarlyFeatureCache
 from .ua_sam_loss import ua_sam_loss
 
@@ -54,14 +55,9 @@ def train_ua_sam(cache: EarlyFeatureCache, backbone: Backbone, config: UASAMTrai
                  show_progress: bool = True, stop_after: int | None = None, rows: int | None = None) -> Path | None:
     """Train (or resume) and return the head file `out/head.pt`, or None when stopped (`stop_after` steps
     checkpointed) before the last step. `rows` trains on the first that many cached crops only."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
+    out, device = start_run(out, config.device, config.seed)
     head = UASAM(backbone, latent_dim=config.latent_dim, adapted_blocks=config.adapted_blocks).to(device)
-    trainable = head.trainable_parameters()
-    for name, parameter in head.named_parameters():
-        parameter.requires_grad_(name in trainable)
+    trainable = freeze_all_but_trained(head)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
                                                     pct_start=0.05)
