@@ -107,10 +107,16 @@ class EmbeddingCache:
         images = self.crops()["images"]
         store = np.load(self.folder / "embeddings.npy", mmap_mode="r+")
         end = meta["count"] if limit is None else min(limit, meta["count"])
+        self._fill(store, meta, end, lambda i: predictor.encode(predictor.prepare(images[i])[0])[0], 50, progress)
+
+    def _fill(self, store: np.ndarray, meta: dict, end: int, row: Callable[[int], torch.Tensor], flush_every: int,
+              progress: Callable[[int, int], None] | None) -> None:
+        """Compute rows meta["done"]..end-1 of the memory-mapped `store` with `row`, recording progress in the meta
+        file every `flush_every` rows: a killed run resumes where the last flush left it (shared by the caches
+        that hold other per-crop arrays, such as UA-SAM's early features)."""
         for i in range(meta["done"], end):
-            model_input, _ = predictor.prepare(images[i])
-            store[i] = predictor.encode(model_input)[0].to(torch.float16).cpu().numpy()
-            if (i + 1) % 50 == 0 or i + 1 == end:
+            store[i] = row(i).to(torch.float16).cpu().numpy()
+            if (i + 1) % flush_every == 0 or i + 1 == end:
                 store.flush()
                 meta["done"] = i + 1
                 self.meta_path.write_text(json.dumps(meta))

@@ -57,13 +57,6 @@ class EarlyFeatureCache(EmbeddingCache):
         store = np.load(self.folder / FEATURES_FILE, mmap_mode="r+")
         end = meta["count"] if limit is None else min(limit, meta["count"])
         device = next(head.parameters()).device
-        for i in range(meta["done"], end):
-            with torch.no_grad():
-                features = head.early_features(model_input(images[i], head.image_size)[0].to(device))
-            store[i] = features[0].to(torch.float16).cpu().numpy()
-            if (i + 1) % 25 == 0 or i + 1 == end:
-                store.flush()
-                meta["done"] = i + 1
-                self.meta_path.write_text(json.dumps(meta))
-            if progress is not None:
-                progress(i + 1, end)
+        with torch.no_grad():
+            self._fill(store, meta, end, lambda i: head.early_features(model_input(images[i], head.image_size)[0]
+                                                                       .to(device))[0], 25, progress)
