@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from AmbiguousSAMLib.errors import AmbiguousSAMError, InvalidBoxError, InvalidImageError, InvalidSettingError
 from AmbiguousSAMLib.limits import MAX_SAMPLES, check_samples, check_seed
@@ -126,6 +127,26 @@ def test_impossible_voxel_spacing(segmenter, spacing) -> None:
 def test_a_good_click_after_all_that_still_works(segmenter) -> None:
     result = segmenter.segment(lung_ct(), BOX, 10, SPACING, samples=4, seed=0, propagate=False)
     assert result.num_candidates == 4 and result.consensus.any()
+
+
+def test_a_gate_sure_there_is_no_lesion_still_gives_every_candidate_on_the_clicked_slice(tmp_path) -> None:
+    """The box asserts a lesion: even a presence gate that says pi = 0 (an input far from what it was fitted on)
+    must not empty the clicked slice, and a neighbour the gate doubts no more than it keeps the candidates too."""
+    from AmbiguousSAMLib.heads.checkpoint import DEFAULT_HEAD, load_head, save_head
+    from AmbiguousSAMLib.modeling.backbone import build_backbone
+
+    backbone = build_backbone()
+    head = load_head(backbone, DEFAULT_HEAD)
+    with torch.no_grad():
+        head.presence.mlp[-1].weight.zero_()
+        head.presence.mlp[-1].bias.fill_(-200.0)  # sigmoid underflows: pi is exactly 0 on every slice
+    save_head(head, tmp_path / "doubting.pt", backbone.spec.name)
+    doubting = LesionSegmenter(head=tmp_path / "doubting.pt", scorer=None)
+    result = doubting.segment(lung_ct(), BOX, 10, SPACING, samples=8, seed=0)
+    candidates = result.paste(result.candidates)
+    assert result.num_candidates == 8
+    assert all(candidate[10].any() for candidate in candidates), "a candidate is empty on the clicked slice"
+    assert candidates[:, 9].any() and candidates[:, 11].any(), "the ball's neighbouring slices were dropped"
 
 
 #

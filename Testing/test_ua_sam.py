@@ -173,7 +173,8 @@ def test_the_product_takes_a_ua_sam_file_and_keeps_each_candidates_z_on_every_sl
     assert isinstance(segmenter.sampler, UASAM)
     rows = []
     decode = segmenter.sampler.sample_with_noise
-    segmenter.sampler.sample_with_noise = lambda *args: rows.append(args[2].normal) or decode(*args)
+    segmenter.sampler.sample_with_noise = lambda *args, **kwargs: (rows.append(args[2].normal)
+                                                                  or decode(*args, **kwargs))
     image = synthetic_ct(OBLIQUE, (0.6, 0.8, 1.5))
     volume = sitk.GetArrayFromImage(image)
     first = segmenter.segment(volume, (28, 36, 52, 60), 6, image.GetSpacing(), samples=2, seed=0)

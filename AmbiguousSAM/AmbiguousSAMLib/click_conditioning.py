@@ -1,11 +1,18 @@
-"""Which latent draws become the K candidates of a click: those that mark the lesion on the clicked slice.
+"""Which latent draws become the K candidates of a click, given that the lesion is marked on the clicked slice.
 
 A box drawn by a user says "there is a lesion here", which a radiologist who left the slice unmarked did not. The
-head learnt from such radiologists that a faint lesion is often left unmarked, so some of its draws are empty on
-the clicked slice. The K hypotheses are drawn *given a non-empty mask there*: a seeded pool of draws is decoded on
-the clicked slice and the first K non-empty ones are kept (rejection sampling; empty ones fill up only if too few
-are non-empty). The 3D path (segmenter.py) and the whole-nodule evaluation (nodule_evaluation.py) both use this
-rule, so what the evaluation scores is what a click returns.
+head learnt from such radiologists that a faint lesion is often left unmarked, so its presence gate blanks some
+draws. The K hypotheses are drawn *given a marked lesion on the clicked slice*, exactly:
+- the gate is not applied there (`sample_with_noise(..., gated=False)`): every draw is an outline of the lesion;
+- each kept draw's presence rank is scaled into [0, pi) of the clicked slice (`LatentNoise.given_marked`), the
+  rank's law given "marked there", so on the other slices a candidate is blanked only where the gate is less sure
+  of the lesion than on the clicked one;
+- a seeded pool of CONDITIONING_POOL * K draws is decoded there, and the first K non-empty outlines are kept
+  (rejection of the draws whose outline itself vanishes; empty ones fill up only if too few are non-empty).
+The earlier rule rejected the gate's blanked draws instead: it has the same law while the gate gives pi > 0 to
+the pool, but a gate that gave an obvious lesion pi = 0 (an input far from its training features) returned K
+empty candidates. The 3D path (segmenter.py) and the whole-nodule evaluation (nodule_evaluation.py) both use
+this rule, so what the evaluation scores is what a click returns.
 """
 
 from __future__ import annotations

@@ -98,10 +98,10 @@ def nodule_candidates(sampler: Sampler, embeddings: list[torch.Tensor], boxes: l
 
     if hasattr(sampler, "draw_noise"):  # latent heads: one pool, conditioned on the clicked slice
         pool = sampler.draw_noise(CONDITIONING_POOL * samples, seed)
-        clicked_probs = probabilities(sampler.sample_with_noise(embeddings[clicked], boxes[clicked], pool,
-                                                                images[clicked]))
+        drawn = sampler.sample_with_noise(embeddings[clicked], boxes[clicked], pool, images[clicked], gated=False)
+        clicked_probs = probabilities(drawn)
         chosen = marked_first(clicked_probs, samples)
-        noise = pool[torch.from_numpy(chosen)]
+        noise = pool[torch.from_numpy(chosen)].given_marked(drawn.presence)
         per_slice = [clicked_probs[chosen] if s == clicked else
                      probabilities(sampler.sample_with_noise(embeddings[s], boxes[s], noise, images[s]))
                      for s in range(len(embeddings))]

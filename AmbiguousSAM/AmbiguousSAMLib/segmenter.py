@@ -87,11 +87,12 @@ class _SliceResult:
     scores: np.ndarray  # (K,)
     quality: np.ndarray | None = None  # (K,) the scorer's expected IoU with the raters' majority; None: no scorer
     disagreement: float | None = None  # the scorer's predicted expert disagreement on this slice
+    presence: float | None = None  # the presence gate's pi for this slice's box; None: the sampler has no gate
 
     def rows(self, chosen: np.ndarray) -> "_SliceResult":
         """The same slice with only the candidates `chosen` (indices), in that order."""
         return _SliceResult(self.k, self.origin, self.probs[chosen], self.scores[chosen],
-                            None if self.quality is None else self.quality[chosen], self.disagreement)
+                            None if self.quality is None else self.quality[chosen], self.disagreement, self.presence)
 
 
 def crop_slice(plane: np.ndarray, origin: tuple[int, int], side: int, fill: float) -> np.ndarray:
@@ -244,7 +245,7 @@ class LesionSegmenter:
         local_origin = (origin[0] - region.offset[1], origin[1] - region.offset[2])
         report = progress or (lambda fraction, message: None)
 
-        def run_slice(k: int, slice_box: np.ndarray, noise: LatentNoise | None) -> _SliceResult:
+        def run_slice(k: int, slice_box: np.ndarray, noise: LatentNoise | None, gated: bool = True) -> _SliceResult:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("Cancelled by the user; nothing was changed.")
             embedding, model_input = self.encoded(crop_slice(region.plane(k), local_origin, side, region.fill))
@@ -254,11 +255,13 @@ class LesionSegmenter:
             if noise is None:
                 drawn = [self.sampler.sample(embedding, box_t, samples, seed, image=model_input)]
             else:
-                drawn = [self.sampler.sample_with_noise(embedding, box_t, noise[torch.arange(start, stop)], model_input)
+                drawn = [self.sampler.sample_with_noise(embedding, box_t, noise[torch.arange(start, stop)], model_input,
+                                                        gated=gated)
                          for start, stop in chunks(len(noise), DECODE_CHUNK)]
             probs = np.concatenate([torch.sigmoid(frame.logits_to_image(d.logits.float().cpu())).numpy() for d in drawn])
             scores = np.concatenate([d.scores.float().cpu().numpy() for d in drawn])
-            return _SliceResult(k, origin, probs.astype(np.float32), scores, *self._score(embedding, box_t, drawn))
+            return _SliceResult(k, origin, probs.astype(np.float32), scores, *self._score(embedding, box_t, drawn),
+                                presence=drawn[0].presence)
 
         report(0.0, f"slice {slice_k}")
         noise = None
@@ -266,9 +269,9 @@ class LesionSegmenter:
         # has SeqSAM, whose candidate m is step m of its recurrence on every slice (module docstring).
         if hasattr(self.sampler, "draw_noise"):
             pool = self.sampler.draw_noise(CONDITIONING_POOL * samples, seed)
-            clicked = run_slice(slice_k, box, pool)
+            clicked = run_slice(slice_k, box, pool, gated=False)  # given a marked lesion: click_conditioning.py
             chosen = marked_first(clicked.probs, samples)
-            noise = pool[torch.from_numpy(chosen)]
+            noise = pool[torch.from_numpy(chosen)].given_marked(clicked.presence)
             results = [clicked.rows(chosen)]
         else:
             results = [run_slice(slice_k, box, None)]

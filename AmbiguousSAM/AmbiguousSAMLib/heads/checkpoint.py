@@ -122,7 +122,8 @@ def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extr
     write_checkpoint({"format": HEAD.format, "backbone": backbone_name,
                       "config": {"injection": head.injection, "latent_dim": head.latent_dim,
                                  "presence_offset": head.presence_offset, "prior_temperature": head.prior_temperature,
-                                 "presence_evidence": head.presence_evidence},
+                                 "presence_evidence": head.presence_evidence,
+                                 "presence_bounds": head.presence.bounds()},
                       "state": _trained_state(head), "extra": extra or {}}, path)
 
 

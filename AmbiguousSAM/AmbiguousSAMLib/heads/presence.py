@@ -34,6 +34,10 @@ APPEARANCE_FEATURES = 9
 EVIDENCE = {"decoder": PRESENCE_FEATURES, "appearance": PRESENCE_FEATURES + APPEARANCE_FEATURES}
 #: Logit given to every pixel of a sample the gate leaves unmarked (sigmoid -> 2e-9).
 EMPTY_LOGIT = -20.0
+#: The gate's least logit (pi = sigmoid(-15) = 3e-7): a gate may doubt a lesion, never rule it out. The click
+#: scales ranks into [0, pi) of the clicked slice (LatentNoise.given_marked); with pi = 0 there (a float32
+#: sigmoid underflows below a logit of -104) every rank would be 0 and blanked on every slice but that one.
+MIN_PRESENCE_LOGIT = -15.0
 
 
 def presence_features(logits: torch.Tensor, iou: torch.Tensor, boxes: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -96,14 +100,43 @@ def appearance_features(logits: torch.Tensor, boxes: torch.Tensor, images: torch
 
 
 class PresenceGate(nn.Module):
-    """Evidence features -> logit of pi, the chance that a random expert marks the lesion."""
+    """Evidence features -> logit of pi, the chance that a random expert marks the lesion.
 
-    def __init__(self, inputs: int = PRESENCE_FEATURES, hidden: int = 64) -> None:
+    Features are first clipped to the range the gate was fitted on (`bounds`, stored in the head file's config):
+    a ReLU network extrapolates linearly, and one gate, fed a synthetic ball far denser than any LIDC crop,
+    gave it pi = 0.00 where the nearest training crops give about 1. Heads fitted before the bounds existed
+    have none and are not clipped.
+    """
+
+    def __init__(self, inputs: int = PRESENCE_FEATURES, hidden: int = 64,
+                 bounds: tuple[list[float], list[float]] | None = None) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+        self.register_buffer("low", torch.full((inputs,), -math.inf), persistent=False)
+        self.register_buffer("high", torch.full((inputs,), math.inf), persistent=False)
+        if bounds is not None:
+            self.set_bounds(torch.tensor(bounds[0]), torch.tensor(bounds[1]))
+
+    def set_bounds(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Clip future inputs to [low, high] per feature (the fitted features' minimum and maximum)."""
+        if low.shape != self.low.shape or high.shape != self.high.shape or bool((low > high).any()):
+            raise ValueError(f"presence bounds must be two lists of {len(self.low)} numbers, low <= high")
+        self.low.copy_(low)
+        self.high.copy_(high)
+
+    def bounds(self) -> tuple[list[float], list[float]] | None:
+        """The clipping range as stored in a head file's config; None when the gate has none."""
+        if bool(torch.isinf(self.low).all()) and bool(torch.isinf(self.high).all()):
+            return None
+        return self.low.tolist(), self.high.tolist()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features)[:, 0]
+        return self.mlp(torch.maximum(torch.minimum(features, self.high), self.low))[:, 0]
+
+
+def presence_probability(logit: torch.Tensor) -> torch.Tensor:
+    """pi from the gate's logit (offset included), never below sigmoid(MIN_PRESENCE_LOGIT)."""
+    return torch.sigmoid(logit.clamp(min=MIN_PRESENCE_LOGIT))
 
 
 def stratified_ranks(k: int, generator: torch.Generator) -> torch.Tensor:

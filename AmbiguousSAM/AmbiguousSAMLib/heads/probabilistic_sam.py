@@ -29,7 +29,8 @@ from torch import nn
 from ..modeling.backbone import Backbone
 from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, run_transformer
 from .latent import GaussianLatentNet, box_channel, kl_divergence
-from .presence import EVIDENCE, PresenceGate, appearance_features, gate_logits, presence_features, stratified_ranks
+from .presence import (EVIDENCE, PresenceGate, appearance_features, gate_logits, presence_features,
+                       presence_probability, stratified_ranks)
 from .sampler import Samples, generator_for
 
 INJECTIONS = ("hypernetwork", "prompt")
@@ -62,6 +63,19 @@ class LatentNoise:
     def __getitem__(self, rows) -> "LatentNoise":
         return LatentNoise(self.normal[rows], self.ranks[rows])
 
+    def given_marked(self, presence: float | None) -> "LatentNoise":
+        """The noise conditioned on "marked where the gate gave `presence`": the ranks put into [0, presence),
+        the law of a uniform rank given u < presence, and stratified again over these rows: the row with the
+        j-th smallest rank gets the middle of stratum j of k. On a slice where the gate gives pi' <= presence,
+        about k * pi' / presence of the k candidates are then marked, as the gate means, rather than a binomial
+        draw of them (the rows were chosen out of a larger pool, so their own ranks are not one per stratum);
+        the order of the ranks, and so the nesting across slices, is kept. None (a sampler without a gate)
+        leaves the noise as it is."""
+        if presence is None:
+            return self
+        order = torch.argsort(torch.argsort(self.ranks))
+        return LatentNoise(self.normal, (order.to(torch.float32) + 0.5) / len(self) * float(presence))
+
 
 @dataclass
 class Decoded:
@@ -81,7 +95,8 @@ class ProbabilisticSAM(nn.Module):
 
     def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6,
                  presence_offset: float = 0.0, prior_temperature: float = 1.0,
-                 presence_evidence: str = "decoder") -> None:
+                 presence_evidence: str = "decoder",
+                 presence_bounds: tuple[list[float], list[float]] | None = None) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
@@ -108,7 +123,7 @@ class ProbabilisticSAM(nn.Module):
         else:
             self.z_to_weights = _small_last(nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32)))
             self.z_to_offset = nn.Linear(latent_dim, 1)
-        self.presence = PresenceGate(EVIDENCE[presence_evidence])
+        self.presence = PresenceGate(EVIDENCE[presence_evidence], bounds=presence_bounds)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
@@ -221,11 +236,13 @@ class ProbabilisticSAM(nn.Module):
 
     @torch.no_grad()
     def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise,
-                          image: torch.Tensor | None = None) -> Samples:
+                          image: torch.Tensor | None = None, gated: bool = True) -> Samples:
         """One sample per row of `noise`, left empty where the row's rank is at or above the gate's presence
-        probability. Keeping the noise fixed across slices (and choosing rows of it) is how the 3D path keeps
+        probability (not with `gated=False`: the outlines given that the lesion is marked, what the slice a user
+        clicked shows). Keeping the noise fixed across slices (and choosing rows of it) is how the 3D path keeps
         hypotheses coherent."""
         decoded = self.draw(embedding, box, noise, image)
-        presence = torch.sigmoid(decoded.presence_logit[0] + self.presence_offset)
-        return Samples(logits=gate_logits(decoded.logits[0], noise.ranks, presence), scores=decoded.iou[0],
-                       decoder_state=decoded.plain_state)
+        presence = presence_probability(decoded.presence_logit[0] + self.presence_offset)
+        logits = gate_logits(decoded.logits[0], noise.ranks, presence) if gated else decoded.logits[0]
+        return Samples(logits=logits, scores=decoded.iou[0], decoder_state=decoded.plain_state,
+                       presence=float(presence))

@@ -21,6 +21,9 @@ class Samples:
     #: The box's z-free decoder transformer pass when the sampler ran one (a latent head does, for its presence
     #: gate): the UncertainSAM scorer reads its tokens instead of running the pass again. None otherwise.
     decoder_state: DecoderState | None = None
+    #: The gate's probability (offset applied) that an expert marks this lesion at all, for a sampler with a
+    #: presence gate: the click conditioning reads it (click_conditioning.py). None for a sampler without one.
+    presence: float | None = None
 
 
 class Sampler(Protocol):

@@ -242,9 +242,11 @@ class UASAM(nn.Module):
 
     @torch.no_grad()
     def sample_with_noise(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise,
-                          image: torch.Tensor | None = None) -> Samples:
+                          image: torch.Tensor | None = None, gated: bool = True) -> Samples:
         """One sample per row of `noise` (z = mu + temperature * sigma * noise under this slice's prior): the 3D
-        path keeps the rows fixed on every slice, so candidate i is one hypothesis through the lesion."""
+        path keeps the rows fixed on every slice, so candidate i is one hypothesis through the lesion. `gated`
+        changes nothing: this head has no presence gate, so every sample is already an outline of a marked
+        lesion."""
         if image is None:
             raise InvalidSettingError("UA-SAM runs part of the image encoder per sample: pass the model input the "
                                       "embedding came from (image=).")

@@ -39,7 +39,8 @@ def crop_features(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndar
 
 def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fraction: torch.Tensor,
                       iterations: int = 600, lr: float = 3e-3, seed: int = 0) -> float:
-    """Fit a fresh gate (seeded) on standardised features, fold the scaling in, install it; return its BCE."""
+    """Fit a fresh gate (seeded) on standardised features, fold the scaling in, install it with the features'
+    range as its clipping bounds (presence.py); return its BCE."""
     torch.manual_seed(seed)
     mean, std = features.mean(dim=0), features.std(dim=0).clamp(min=1e-6)
     standard = (features - mean) / std
@@ -57,6 +58,7 @@ def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fra
         first.bias.sub_(first.weight @ (mean / std))
         first.weight.div_(std)
         head.presence.load_state_dict(gate.state_dict())  # copies onto the head's device
+        head.presence.set_bounds(features.min(dim=0).values, features.max(dim=0).values)
         return float(presence_loss(gate(features), marked_fraction))
 
 

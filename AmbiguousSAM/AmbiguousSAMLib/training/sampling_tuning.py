@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..heads.presence import presence_probability
 from ..heads.probabilistic_sam import ProbabilisticSAM
 from ..preprocessing import ModelFrame, model_input
 
@@ -56,7 +57,7 @@ def draw_ungated(head: ProbabilisticSAM, embeddings: np.ndarray, images: np.ndar
 
 def score_offset(draws: UngatedDraws, offset: float, slices: range) -> dict[str, float]:
     """Mean protocol scores over `slices` with the gate's logit shifted by `offset`."""
-    presence = 1 / (1 + np.exp(-(draws.presence_logits + offset)))
+    presence = presence_probability(torch.from_numpy(draws.presence_logits + offset)).numpy()
     per_slice = [metrics.mask_scores(draws.outlines[n] & (draws.ranks[n] < presence[n])[:, None, None],
                                      draws.raters[n]) for n in slices]
     return {key: float(np.mean([s[key] for s in per_slice])) for key in metrics.MEAN_SCORES}
