@@ -70,6 +70,18 @@ def test_methods_runs_only_the_rows_asked_for(evaluated, capsys) -> None:
     assert "Unknown method(s) mc-dropout for --methods; choose from heads, deterministic" in capsys.readouterr().err
 
 
+def test_heads_are_picked_by_their_shipped_names_as_the_messages_say(evaluated, capsys) -> None:
+    """The error for a missing head file offers 'default'; evaluate takes it (and 'seqsam') like segment does."""
+    argv = ["evaluate", "--data", str(VAL), "--samples", "2", "--limit", "3", "--precision", "bf16",
+            "--cache", str(evaluated / "cache"), "--json", str(evaluated / "named.json"), "--methods", "heads"]
+    assert main(argv + ["--head", "no-such-head.pt"]) == 2
+    assert "'default' for the shipped LIDC head" in capsys.readouterr().err
+    assert main(argv + ["--head", "default", "--head", "seqsam"]) == 0
+    methods = json.loads((evaluated / "named.json").read_text())["methods"]
+    assert "probabilistic_sam_hypernetwork (probabilistic_sam_lidc.pt)" in methods
+    assert any(name.startswith("seqsam") and "seqsam_lidc.pt" in name for name in methods)
+
+
 def test_saved_samples_rescore_to_the_reported_numbers(evaluated) -> None:
     saved = np.load(evaluated / "samples.npz")
     summary = json.loads((evaluated / "val.json").read_text())

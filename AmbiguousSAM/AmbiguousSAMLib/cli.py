@@ -91,12 +91,12 @@ def _fit_gate(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from .heads.checkpoint import DEFAULT_HEAD, HEAD, read_checkpoint, save_head
+    from .heads.checkpoint import HEAD, head_file, read_checkpoint, save_head
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
     from .training.presence_fit import refit_gate
 
-    head_path = Path(args.head or DEFAULT_HEAD)
+    head_path = head_file(args.head)
     if Path(args.out).resolve() == head_path.resolve():
         raise AmbiguousSAMError(f"--out {args.out} is the head being refitted; write the new head to another file "
                                 "(the input is never overwritten).")
@@ -125,7 +125,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import (by_contrast, by_rater_count, evaluate, format_contrast_table, format_rater_table,
                              format_table, save_samples)
     from .heads.baselines import BASELINES
-    from .heads.checkpoint import DEFAULT_HEAD, load_any_head
+    from .heads.checkpoint import head_file, load_any_head
     from .heads.seqsam import SeqSAM
     from .heads.seqsam_lengths import length_rows
     from .predictor import Predictor
@@ -149,9 +149,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision, runtime=args.runtime)
     backbone = predictor.backbone
-    heads = [load_any_head(backbone, path).to(predictor.device) for path in (args.head or [DEFAULT_HEAD])] \
-        if "heads" in methods else []
-    labels = [f" ({Path(path).name})" if len(heads) > 1 else "" for path in (args.head or [DEFAULT_HEAD])]
+    paths = [head_file(head) for head in args.head or [None]]
+    heads = [load_any_head(backbone, path).to(predictor.device) for path in paths] if "heads" in methods else []
+    labels = [f" ({path.name})" if len(heads) > 1 else "" for path in paths]
     rows = []
     for head, label in zip(heads, labels):  # one row per file: the head's kind alone would name every row alike
         if isinstance(head, SeqSAM):  # deterministic: one row per sequence length instead of per seed
@@ -207,14 +207,14 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     import torch
 
     from .evaluation import evaluation_rows
-    from .heads.checkpoint import DEFAULT_HEAD, HEAD, load_head, read_checkpoint, save_head
+    from .heads.checkpoint import HEAD, head_file, load_head, read_checkpoint, save_head
     from .predictor import Predictor
     from .crops import load_crops, open_crop_file
     from .training.embedding_cache import EmbeddingCache
     from .metrics import MEAN_SCORES
     from .training.sampling_tuning import tune_sampling
 
-    head_path = Path(args.head or DEFAULT_HEAD)
+    head_path = head_file(args.head)
     if Path(args.out).resolve() == head_path.resolve():
         raise AmbiguousSAMError(f"--out {args.out} is the head being tuned; write the tuned head to a new file "
                                 "(the input is never overwritten).")
@@ -251,7 +251,7 @@ def _train_scorer(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .heads.checkpoint import DEFAULT_HEAD
+    from .heads.checkpoint import head_file
     from .heads.scorer_checkpoint import save_scorer
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
@@ -268,7 +268,7 @@ def _train_scorer(args: argparse.Namespace) -> None:
     rows = cache.meta()["done"] if args.rows is None else args.rows
     targets = args.targets or Path(args.cache) / "scorer_targets"
     start = time.perf_counter()
-    examples = training_examples(targets, cache, predictor.backbone, args.head or DEFAULT_HEAD, rows, args.seed,
+    examples = training_examples(targets, cache, predictor.backbone, head_file(args.head), rows, args.seed,
                                  progress=_progress("targets"))
     target_seconds = time.perf_counter() - start
     scorer, report = fit_scorer(examples, seed=args.seed, epochs=args.epochs, progress=_progress("fit"))
@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--cache", required=True, help="training embedding cache built by 'ambiguous-sam train'")
     gate.add_argument("--rows", type=int, nargs=2, required=True, metavar=("START", "STOP"),
                       help="cached crops START..STOP-1 (nested order: pick crops the outline was not trained on)")
-    gate.add_argument("--head", help="head file whose gate is refitted (default: the shipped head)")
+    gate.add_argument("--head", help="head file (or 'default') whose gate is refitted (default: the shipped head)")
     gate.add_argument("--evidence", default="appearance", choices=("decoder", "appearance"))
     gate.add_argument("--out", required=True, help="where to write the new head file")
     gate.add_argument("--seed", type=int, default=0)
@@ -497,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=16)
     evaluate.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--head", action="append", help="head file(s); default: the shipped head")
+    evaluate.add_argument("--head", action="append", help="head file(s), or a shipped head's name ('default', "
+                          "'seqsam'); default: the shipped head")
     evaluate.add_argument("--seqsam-lengths", type=int, nargs="+", default=[3, 10, 16],
                           help="a SeqSAM head scores one row per number of masks M (its masks ignore --seed and "
                                "--samples)")
@@ -521,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--data", required=True, help="npz in the lidc-crops format (validation split)")
     tune.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
     tune.add_argument("--cache", required=True, help="embedding cache folder (reused across runs)")
-    tune.add_argument("--head", help="head file to tune (default: the shipped head)")
+    tune.add_argument("--head", help="head file (or 'default') to tune (default: the shipped head)")
     tune.add_argument("--out", required=True, help="where to write the tuned head file")
     tune.add_argument("--samples", type=int, default=16)
     tune.add_argument("--seed", type=int, default=0)
@@ -536,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--cache", required=True, help="training embedding cache built by 'ambiguous-sam train'")
     scorer.add_argument("--rows", type=int, help="use the first N encoded crops (default: all encoded)")
     scorer.add_argument("--targets", help="folder for the computed targets (resumable; default: CACHE/scorer_targets)")
-    scorer.add_argument("--head", help="head file whose samples are the candidates (default: the shipped head)")
+    scorer.add_argument("--head", help="head file (or 'default') whose samples are the candidates (default: the "
+                        "shipped head)")
     scorer.add_argument("--out", required=True, help="where to write the scorer file")
     scorer.add_argument("--epochs", type=int, default=40)
     scorer.add_argument("--seed", type=int, default=0)

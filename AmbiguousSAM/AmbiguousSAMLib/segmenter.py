@@ -49,8 +49,8 @@ import torch
 from .click_conditioning import CONDITIONING_POOL, marked_first
 from .errors import CancelledError, CheckpointError
 from .heads.baselines import Deterministic
-from .head_names import DETERMINISTIC, SHIPPED_HEAD_FILES
-from .heads.checkpoint import load_any_head, shipped_model
+from .head_names import DETERMINISTIC
+from .heads.checkpoint import head_file, load_any_head
 from .heads.probabilistic_sam import LatentNoise
 from .heads.sampler import Sampler, Samples
 from .heads.scorer import UncertainSAMScorer
@@ -163,8 +163,7 @@ class LesionSegmenter:
         for the deterministic backbone."""
         if head is None or head == DETERMINISTIC:
             return Deterministic(self.predictor.backbone)
-        path = shipped_model(SHIPPED_HEAD_FILES[head]) if head in SHIPPED_HEAD_FILES else Path(head)
-        return load_any_head(self.predictor.backbone, path).to(self.predictor.device)
+        return load_any_head(self.predictor.backbone, head_file(head)).to(self.predictor.device)
 
     def _load_scorer(self, scorer: str | Path | None) -> UncertainSAMScorer | None:
         """The scorer, or None. A missing or unreadable file is one warning, not a failure: the candidates are

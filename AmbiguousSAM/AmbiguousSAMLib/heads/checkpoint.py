@@ -41,6 +41,15 @@ def shipped_model(file_name: str) -> Path:
 DEFAULT_HEAD = shipped_model(HEAD_FILE_NAME)
 
 
+def head_file(head: str | Path | None) -> Path:
+    """The file a --head value names: a shipped head's name ("default", "seqsam": head_names.py), or a path.
+    None is the shipped default. Every command that reads a head file resolves its --head here, so the names the
+    error messages offer work wherever a head is asked for."""
+    if head is None:
+        return DEFAULT_HEAD
+    return shipped_model(SHIPPED_HEAD_FILES[head]) if head in SHIPPED_HEAD_FILES else Path(head)
+
+
 @dataclass(frozen=True)
 class CheckpointKind:
     """What a kind of trained file is called and how a user gets one, for the messages of `read_checkpoint`."""
@@ -81,7 +90,7 @@ def read_checkpoint(path: Path, kind: CheckpointKind) -> dict:
     """The payload of a `kind` file, or a CheckpointError naming what is wrong and how to get a good file."""
     if not path.is_file():
         raise CheckpointError(
-            f"No trained {kind.noun} at {path}. Train one with '{kind.maker}' or pass the path of a {kind.noun} file."
+            f"No trained {kind.noun} at {path}. {kind.alternative}"
         )
     try:
         data = path.read_bytes()
