@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--cache", default=str(REPOSITORY / "cache" / "val437"), help="validation embedding cache "
                         "(built by 'ambiguous-sam evaluate --limit 437 --cache ...')")
     parser.add_argument("--scorer", help="scorer file (default: the shipped one)")
+    parser.add_argument("--head", help="head whose samples are the per-candidate rows: a head file or 'default' "
+                        "(the shipped one)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -80,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from AmbiguousSAMLib import metrics
-    from AmbiguousSAMLib.heads.checkpoint import load_head
+    from AmbiguousSAMLib.heads.checkpoint import head_file, load_head
     from AmbiguousSAMLib.heads.scorer_checkpoint import DEFAULT_SCORER, load_scorer
     from AmbiguousSAMLib.heads.scorer_inputs import decoder_readout
     from AmbiguousSAMLib.modeling.backbone import build_backbone
@@ -89,7 +91,7 @@ def main() -> None:
     from AmbiguousSAMLib.training.scorer_targets import candidate_quality, scorer_examples
 
     backbone = build_backbone()
-    head = load_head(backbone)
+    head = load_head(backbone, head_file(args.head))
     scorer = load_scorer(backbone, args.scorer or DEFAULT_SCORER)
     cache = EmbeddingCache(args.cache)
     crops, embeddings = cache.crops(), cache.embeddings()
