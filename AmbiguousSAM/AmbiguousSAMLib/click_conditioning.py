@@ -4,9 +4,9 @@ A box drawn by a user says "there is a lesion here", which a radiologist who lef
 head learnt from such radiologists that a faint lesion is often left unmarked, so its presence gate blanks some
 draws. The K hypotheses are drawn *given a marked lesion on the clicked slice*, exactly:
 - the gate is not applied there (`sample_with_noise(..., gated=False)`): every draw is an outline of the lesion;
-- each kept draw's presence rank is scaled into [0, pi) of the clicked slice (`LatentNoise.given_marked`), the
-  rank's law given "marked there", so on the other slices a candidate is blanked only where the gate is less sure
-  of the lesion than on the clicked one;
+- the kept draws' presence ranks are put into [0, pi) of the clicked slice, one per stratum
+  (`LatentNoise.given_marked`), the rank's law given "marked there", so on the other slices a candidate is
+  blanked only where the gate is less sure of the lesion than on the clicked one;
 - a seeded pool of CONDITIONING_POOL * K draws is decoded there, and the first K non-empty outlines are kept
   (rejection of the draws whose outline itself vanishes; empty ones fill up only if too few are non-empty).
 The earlier rule rejected the gate's blanked draws instead: it has the same law while the gate gives pi > 0 to

@@ -103,9 +103,9 @@ class PresenceGate(nn.Module):
     """Evidence features -> logit of pi, the chance that a random expert marks the lesion.
 
     Features are first clipped to the range the gate was fitted on (`bounds`, stored in the head file's config):
-    a ReLU network extrapolates linearly, and one gate, fed a synthetic ball far denser than any LIDC crop,
-    gave it pi = 0.00 where the nearest training crops give about 1. Heads fitted before the bounds existed
-    have none and are not clipped.
+    a ReLU network extrapolates linearly, and one gate gave a synthetic ball whose features fell outside that range
+    pi = 0.00 on some slices and 1.00 on others (clipped: 0.12-0.32). Heads fitted before the bounds existed have
+    none and are not clipped.
     """
 
     def __init__(self, inputs: int = PRESENCE_FEATURES, hidden: int = 64,
