@@ -364,6 +364,23 @@ def test_overwrite_refuses_a_folder_holding_files_that_are_not_ours(oblique_ct, 
     assert (snapshot(out), snapshot(patient_folder)) == before
 
 
+@pytest.mark.parametrize("volume, box, message", [
+    ("slice", BOX, "is a 2D image with 1 component(s); AmbiguousSAM needs one 3D scalar volume"),
+    ("ct", ("200", "200", "240", "240"), "lies outside the 96 x 96 slice; draw it on the lesion"),
+    ("ct", ("28", "36", "52", "60", "--slice", "40"), "Slice 40 is outside the volume's"),
+])
+def test_a_wrong_volume_or_box_exits_before_the_model_loads(oblique_ct, tmp_path, volume, box, message) -> None:
+    path, image = oblique_ct
+    if volume == "slice":  # one axial slice saved on its own: a 2D file
+        path = str(tmp_path / "slice.nrrd")
+        sitk.WriteImage(image[:, :, 6], path)
+    args = [path, "--box", *box] + ([] if "--slice" in box else ["--slice", "6"]) + ["-o", str(tmp_path / "out")]
+    code, err, model_loaded = segment_in_fresh_process(args)
+    assert code == 2 and not model_loaded, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def unwritable_folder(tmp_path):
     """A folder this process cannot write into: read-only permissions, or for root (who ignores them) /sys."""

@@ -9,6 +9,7 @@ Slicer) and the oblique anisotropic volume of conftest.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,15 @@ def test_malformed_points_are_refused_in_plain_numbers(points, message):
     with pytest.raises(InvalidBoxError, match=message) as error:
         prompt_box_from_ijk_points(points, (40, 30, 24))
     assert "np.float64" not in str(error.value)
+
+
+@pytest.mark.parametrize("space", ["RAS", "LPS"])
+def test_an_infinite_physical_corner_is_named_as_given(oblique_volume, tmp_path, space):
+    image = savedAndReadBack(oblique_volume, tmp_path).image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning before the message
+        with pytest.raises(InvalidBoxError, match=r"six finite numbers in mm .*; got inf 0 0 1 1 1\."):
+            physical_box_to_ijk(image, (float("inf"), 0.0, 0.0), (1.0, 1.0, 1.0), space)
 
 
 def test_corners_in_an_unknown_space_are_refused(oblique_volume, tmp_path):

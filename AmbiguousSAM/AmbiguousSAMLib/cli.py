@@ -287,7 +287,8 @@ def _segment(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from .jobs import (REVIEW_COLUMNS, SegmentJob, check_dicom_input, check_dicom_options, check_input,
-                       check_outputs, check_review_table, read_jobs, review_table, run_job, write_review_table)
+                       check_outputs, check_review_table, load_case, read_jobs, review_table, run_job,
+                       write_review_table)
 
     bad_rows: list[tuple[int, str]] = []
     if args.review_table is not None:
@@ -331,8 +332,10 @@ def _segment(args: argparse.Namespace) -> None:
     ready, refused = check_outputs(jobs, args.overwrite)  # before the model loads: a wrong -o costs nothing
     if refused and len(jobs) == 1:
         raise refused[0][1]
-    if not args.batch:  # a DICOM folder's headers (a batch checks them row by row in read_jobs)
+    loaded = None
+    if not args.batch:  # a DICOM folder's headers (a batch checks them row by row in read_jobs), then the volume
         check_dicom_input(jobs[0], args.allow_non_ct)
+        loaded = load_case(jobs[0], args.allow_non_ct)
     for job, error in refused:
         print(f"{job.input}: skipped: {error}", file=sys.stderr)
     if not ready:
@@ -351,7 +354,8 @@ def _segment(args: argparse.Namespace) -> None:
     done = []
     for job in tqdm(ready, desc="segment", disable=len(jobs) == 1):
         try:
-            summary = run_job(segmenter, job, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct)
+            summary = run_job(segmenter, job, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct,
+                              case=loaded)
             done.append((job, summary))
             volumes = ", ".join(f"{c['volume_mm3']:.0f}" for c in summary["candidates"])
             print(f"{job.input} -> {job.out}: {len(summary['candidates'])} candidates ({volumes} mm^3), "

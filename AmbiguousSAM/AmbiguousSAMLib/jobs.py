@@ -2,7 +2,8 @@
 
 A batch shares one loaded model; a failing case is reported and skipped so the others still finish. Output
 folders are checked before the model loads, so a wrong -o costs nothing and never waits behind a segmentation; so
-are a DICOM folder's headers (series, slice positions, modality), so a folder the reader would refuse exits fast.
+are a DICOM folder's headers (series, slice positions, modality), so a folder the reader would refuse exits fast,
+and, for one input, its volume and box (`load_case`).
 CSV columns: `input,out,i0,j0,i1,j1,slice` (voxel box on axial slice `slice`), optionally `samples,seed`.
 A finished batch is listed lesion by lesion, those whose review flag is set first (`review_table`), so a reader
 starts with the lesions radiologists would most likely disagree on.
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING, Sequence
 from .errors import AmbiguousSAMError
 from .limits import check_samples, check_seed
 from .outputs import check_output_folder, write_outputs
+from .region import LesionRegion, lesion_region
 from .review_flag import ReviewFlag, review_order
-from .volume_io import check_dicom_series, physical_box_to_ijk, read_volume
+from .volume_io import Volume, check_dicom_series, physical_box_to_ijk, read_volume
 
 if TYPE_CHECKING:
     from .segmenter import LesionSegmenter  # torch: loaded only once the jobs and their outputs are checked
@@ -157,18 +159,37 @@ def check_outputs(jobs: list[SegmentJob], overwrite: bool = False
     return ready, refused
 
 
-def run_job(segmenter: LesionSegmenter, job: SegmentJob, overwrite: bool = False, allow_non_ct: bool = False) -> dict:
-    """Segment one case and write its outputs (and its DICOM outputs when asked); returns the summary written to
-    summary.json."""
-    import json
+@dataclass
+class LoadedCase:
+    """A job's volume, read, and its lesion region, cut out and checked: whatever is wrong with the volume or the
+    box has been found once this exists."""
 
+    volume: Volume
+    region: LesionRegion
+
+
+def load_case(job: SegmentJob, allow_non_ct: bool = False) -> LoadedCase:
+    """Read a job's volume and cut out its box's region with every check of the reader and of
+    `region.lesion_region` (2D or multi-component files, non-CT values, spacing, a box or slice off the volume),
+    all without torch: one input is loaded before the model, so a wrong file exits in a second, not after the
+    model has loaded."""
     volume = read_volume(job.input, series_uid=job.series_uid, allow_non_ct=allow_non_ct)
     if job.corners is not None:
         box, slice_k = physical_box_to_ijk(volume.image, job.corners[0], job.corners[1], job.space)
     else:
         box, slice_k = job.box_ijk, job.slice_k
-    result = segmenter.segment(volume.array, box, slice_k, volume.spacing, samples=job.samples, seed=job.seed,
-                               allow_non_ct=allow_non_ct)
+    return LoadedCase(volume=volume, region=lesion_region(volume.array, box, slice_k, volume.spacing, allow_non_ct))
+
+
+def run_job(segmenter: LesionSegmenter, job: SegmentJob, overwrite: bool = False, allow_non_ct: bool = False,
+            case: LoadedCase | None = None) -> dict:
+    """Segment one case (`case`: its volume already loaded by `load_case`, else read here) and write its outputs
+    (and its DICOM outputs when asked); returns the summary written to summary.json."""
+    import json
+
+    case = case or load_case(job, allow_non_ct)
+    volume = case.volume
+    result = segmenter.segment_region(case.region, samples=job.samples, seed=job.seed)
     out = write_outputs(job.out, result, volume.array, volume.image, str(job.input), overwrite=overwrite)
     if job.dicom_out is not None:
         from .dicom_export import read_source_datasets, write_dicom_outputs

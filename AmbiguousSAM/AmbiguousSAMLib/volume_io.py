@@ -157,6 +157,10 @@ def physical_box_to_ijk(image: sitk.Image, corner_a: tuple[float, float, float],
     the box's full footprint, and `prompt_box_from_ijk_points` (the rule Slicer uses too) makes the prompt.
     """
     corners = np.array([corner_a, corner_b], dtype=np.float64)
+    if not np.isfinite(corners).all():  # checked before the RAS flip, which would turn an inf into a nan
+        given = " ".join(f"{float(value):g}" for value in corners.ravel())
+        raise InvalidBoxError(f"Box corners are six finite numbers in mm (x0 y0 z0 x1 y1 z1); got {given}. "
+                              "Give real coordinates.")
     if space.upper() == "RAS":
         corners = corners @ RAS_TO_LPS.T
     elif space.upper() != "LPS":

