@@ -106,17 +106,44 @@ def _fit_gate(args: argparse.Namespace) -> None:
     if not 0 <= start < stop <= done:
         raise AmbiguousSAMError(f"--rows {start} {stop} is not a range of the {done} crops encoded in {args.cache}; "
                                 f"give 0 <= START < STOP <= {done} (the cache is built by 'ambiguous-sam train').")
+    window_rows = None
+    if args.evidence == "window":
+        window_rows = _window_rows(args.window_rows, (start, stop), done, args.cache)
+    elif args.window_rows is not None:
+        raise AmbiguousSAMError("--window-rows is for --evidence window only (the other gates have no CNN).")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision, runtime=args.runtime)
+
+    def report(epoch: int, epochs: int, loss: float) -> None:
+        print(f"window CNN on {len(window_rows)} crops: epoch {epoch}/{epochs}, BCE {loss:.4f}", flush=True)
+
     head, bce = refit_gate(predictor.backbone, str(head_path), cache, np.arange(start, stop), args.evidence,
-                           seed=args.seed)
+                           seed=args.seed, window_rows=window_rows, progress=report)
     payload = read_checkpoint(head_path, HEAD)
     extra = {**payload["extra"], "gate": {"evidence": args.evidence, "cache": cache.meta()["settings"],
                                           "rows": [start, stop], "presence_bce": bce}}
+    if window_rows is not None:
+        extra["gate"]["window_rows"] = [int(window_rows[0]), int(window_rows[-1]) + 1]
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
     print(f"gate ({args.evidence} evidence) fitted on cached crops {start}-{stop}: BCE {bce:.4f}; wrote {args.out} "
           "(gate offset reset to 0: run tune-sampling on it)")
+
+
+def _window_rows(asked: list[int] | None, gate_rows: tuple[int, int], done: int, cache: str) -> "np.ndarray":
+    """The crops a window gate's CNN trains on: --window-rows, else every encoded crop after the gate's rows.
+    They must not overlap the gate's rows: the gate has to read the CNN on crops it never trained on."""
+    import numpy as np
+
+    start, stop = asked if asked is not None else (gate_rows[1], done)
+    if not 0 <= start < stop <= done:
+        hint = "" if asked is not None else " (by default the crops after --rows: encode more, or give --window-rows)"
+        raise AmbiguousSAMError(f"--window-rows {start} {stop} is not a range of the {done} crops encoded in "
+                                f"{cache}; give 0 <= START < STOP <= {done}{hint}.")
+    if start < gate_rows[1] and gate_rows[0] < stop:
+        raise AmbiguousSAMError(f"--window-rows {start} {stop} overlaps --rows {gate_rows[0]} {gate_rows[1]}: the "
+                                "gate must read the CNN on crops the CNN was not trained on; give disjoint ranges.")
+    return np.arange(start, stop)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -490,7 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--rows", type=int, nargs=2, required=True, metavar=("START", "STOP"),
                       help="cached crops START..STOP-1 (nested order: pick crops the outline was not trained on)")
     gate.add_argument("--head", help="head file (or 'default') whose gate is refitted (default: the shipped head)")
-    gate.add_argument("--evidence", default="appearance", choices=("decoder", "appearance"))
+    gate.add_argument("--evidence", default="appearance", choices=("decoder", "appearance", "window"),
+                      help="what the gate reads: the decoder's view, that and nine appearance statistics "
+                           "(default), or those and a CNN on the image around the box ('window', trained first)")
+    gate.add_argument("--window-rows", type=int, nargs=2, metavar=("START", "STOP"),
+                      help="cached crops the window CNN trains on (default: every encoded crop after --rows)")
     gate.add_argument("--out", required=True, help="where to write the new head file")
     gate.add_argument("--seed", type=int, default=0)
     _add_model_options(gate)

@@ -9,7 +9,9 @@ already computed for the box (its z-free mask, its IoU estimates) and the box's 
 numbers), optionally with the image's appearance inside and around that mask ("appearance" evidence: density,
 texture, margin contrast and edge sharpness, nine more): what makes radiologists skip a faint lesion. Pooled
 embeddings and decoder tokens (780 numbers) fit the training crops better and validation worse (measured: Brier
-0.084 against 0.061 for the nine), so the appearance evidence is a few robust image statistics instead.
+0.084 against 0.061 for the nine), so the appearance evidence is a few robust image statistics instead; the
+"window" evidence adds one number more, a CNN's read of the pixels around the box trained on every marked crop
+(presence_window.py).
 
 Sample i is "marked" when its rank u_i < pi. The ranks are stratified (a random permutation of k strata,
 jittered), so k samples contain pi * k marked ones up to rounding, not a binomial draw of them, and a fixed
@@ -30,8 +32,12 @@ from .latent import box_channel
 #: Number of inputs `presence_features` returns, and `appearance_features` adds.
 PRESENCE_FEATURES = 9
 APPEARANCE_FEATURES = 9
-#: What a gate reads: the decoder's view only, or that and the image's appearance around the mask.
-EVIDENCE = {"decoder": PRESENCE_FEATURES, "appearance": PRESENCE_FEATURES + APPEARANCE_FEATURES}
+#: What a gate reads: the decoder's view only; that and the image's appearance around the mask; or both and the
+#: logit of a small CNN on the image around the box (presence_window.py).
+EVIDENCE = {"decoder": PRESENCE_FEATURES, "appearance": PRESENCE_FEATURES + APPEARANCE_FEATURES,
+            "window": PRESENCE_FEATURES + APPEARANCE_FEATURES + 1}
+#: The kinds of evidence that read the model input image, so every call must pass it.
+IMAGE_EVIDENCE = ("appearance", "window")
 #: Logit given to every pixel of a sample the gate leaves unmarked (sigmoid -> 2e-9).
 EMPTY_LOGIT = -20.0
 #: The gate's least logit (pi = sigmoid(-15) = 3e-7): a gate may doubt a lesion, never rule it out. The click

@@ -29,8 +29,9 @@ from torch import nn
 from ..modeling.backbone import Backbone
 from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, run_transformer
 from .latent import GaussianLatentNet, box_channel, kl_divergence
-from .presence import (EVIDENCE, PresenceGate, appearance_features, gate_logits, presence_features,
-                       presence_probability, stratified_ranks)
+from .presence import (EVIDENCE, IMAGE_EVIDENCE, PresenceGate, appearance_features, gate_logits,
+                       presence_features, presence_probability, stratified_ranks)
+from .presence_window import WindowNet, lesion_window
 from .sampler import Samples, generator_for
 
 INJECTIONS = ("hypernetwork", "prompt")
@@ -102,7 +103,8 @@ class ProbabilisticSAM(nn.Module):
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
         if presence_evidence not in EVIDENCE:
             raise ValueError(f"presence_evidence must be one of {tuple(EVIDENCE)}, not '{presence_evidence}'")
-        #: What the gate reads (presence.py): "appearance" heads need the model input image with every call.
+        #: What the gate reads (presence.py): "appearance" and "window" heads need the model input image with every
+        #: call.
         self.presence_evidence = presence_evidence
         self.name = f"probabilistic_sam_{injection}"
         self.injection = injection
@@ -124,6 +126,8 @@ class ProbabilisticSAM(nn.Module):
             self.z_to_weights = _small_last(nn.Sequential(nn.Linear(256 + latent_dim, 256), nn.ReLU(), nn.Linear(256, 32)))
             self.z_to_offset = nn.Linear(latent_dim, 1)
         self.presence = PresenceGate(EVIDENCE[presence_evidence], bounds=presence_bounds)
+        #: The CNN on the lesion window, one input of a "window" gate (fitted with the gate, never in the outline loop).
+        self.window_net = WindowNet() if presence_evidence == "window" else None
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
@@ -144,10 +148,13 @@ class ProbabilisticSAM(nn.Module):
         plain_logits = masks_from_weights(base[:, None], state.upscaled)[:, 0].detach()
         iou = self.mask_decoder.iou_prediction_head(state.iou_token)
         features = presence_features(plain_logits, iou.detach(), boxes, self.image_size)
-        if self.presence_evidence == "appearance":
+        if self.presence_evidence in IMAGE_EVIDENCE:
             if images is None:
                 raise ValueError("This head's presence gate reads the image: pass the model input (image=).")
             features = torch.cat([features, appearance_features(plain_logits, boxes, images, self.image_size)], 1)
+        if self.window_net is not None:
+            window = lesion_window(images, boxes, self.image_size).to(features.dtype)
+            features = torch.cat([features, self.window_net(window)[:, None]], 1)
         return self.presence(features), features
 
     @torch.no_grad()

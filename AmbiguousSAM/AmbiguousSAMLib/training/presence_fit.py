@@ -10,15 +10,18 @@ a head file holds no statistics besides its weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from ..heads.checkpoint import copy_matching_weights, load_head
-from ..heads.presence import PresenceGate, presence_loss
+from ..heads.presence import IMAGE_EVIDENCE, PresenceGate, presence_loss
 from ..heads.probabilistic_sam import ProbabilisticSAM
 from ..modeling.backbone import Backbone
 from .batches import make_batch
 from .embedding_cache import EmbeddingCache
+from .window_fit import crop_windows, fit_window_net
 
 
 @torch.no_grad()
@@ -27,7 +30,7 @@ def crop_features(head: ProbabilisticSAM, embeddings: np.ndarray, masks: np.ndar
     """Gate features (N, F) and marked fractions (N,) for `rows` of the cache, boxes drawn as in training."""
     device = next(head.parameters()).device
     features, marked = [], []
-    needs_images = head.presence_evidence == "appearance"
+    needs_images = head.presence_evidence in IMAGE_EVIDENCE
     for start in range(0, len(rows), batch_size):
         batch = make_batch(rng, embeddings, masks, np.sort(rows[start:start + batch_size]), head.image_size,
                            images=images if needs_images else None)
@@ -63,20 +66,28 @@ def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fra
 
 
 def refit_gate(backbone: Backbone, head_path: str, cache: EmbeddingCache, rows: np.ndarray, evidence: str,
-               seed: int = 0) -> tuple[ProbabilisticSAM, float]:
+               seed: int = 0, window_rows: np.ndarray | None = None,
+               progress: Callable[[int, int, float], None] | None = None) -> tuple[ProbabilisticSAM, float]:
     """A trained head with a new gate reading `evidence`, fitted on `rows` of the cache; its outline unchanged.
 
     Why a separate step: a gate fitted on the crops the outline was trained on reads a decoder that has seen
     them and is surer there than on new patients; rows the outline never saw (the next nested prefix of the
     cache) give it the view it will have in use. The gate's logit offset is reset to 0: it was tuned for the
-    old gate, so the new head is tuned again (tune-sampling).
+    old gate, so the new head is tuned again (tune-sampling). A "window" gate's CNN is fitted first, on
+    `window_rows` (crops the gate is not fitted on, window_fit.py); `progress` reports its epochs.
     """
+    if (evidence == "window") != (window_rows is not None):
+        raise ValueError("window_rows are given exactly when the evidence is 'window'")
     trained = load_head(backbone, head_path)
     head = ProbabilisticSAM(backbone, injection=trained.injection, latent_dim=trained.latent_dim,
                             prior_temperature=trained.prior_temperature, presence_evidence=evidence)
     copy_matching_weights(head, head_path)
     head = head.to(next(trained.parameters()).device).eval()
     crops = cache.crops()
+    if window_rows is not None:
+        windows, marked = crop_windows(crops["images"], crops["masks"], window_rows, head.image_size,
+                                       np.random.default_rng([seed, len(window_rows)]))
+        head.window_net.load_state_dict(fit_window_net(windows, marked, seed=seed, progress=progress).state_dict())
     features, marked = crop_features(head, cache.embeddings(), crops["masks"], rows,
                                      np.random.default_rng([seed, len(rows)]), crops["images"])
     return head, fit_presence_gate(head, features, marked, seed=seed)
