@@ -173,7 +173,7 @@ def test_head_checkpoint_round_trip_and_wrong_backbone(backbone: Backbone, tmp_p
 
 
 def test_head_files_are_compressed_and_older_plain_files_still_load(backbone: Backbone, tmp_path) -> None:
-    """Checkpoints are written xz-compressed (what keeps the shipped files under 5 MB); a file written before, a
+    """Checkpoints are written xz-compressed (what keeps the shipped files under 5 MiB); a file written before, a
     plain torch.save, reads the same."""
     head = ProbabilisticSAM(backbone, injection="hypernetwork", latent_dim=4)
     compressed, plain = tmp_path / "head.pt", tmp_path / "plain.pt"

@@ -70,7 +70,7 @@ HEAD = CheckpointKind(format="ambiguous-sam-head/1", noun="head", maker="ambiguo
 
 
 #: The first bytes of an xz stream. Checkpoints are written xz-compressed (lossless: trained fp16 weights shrink by
-#: ~12 %, which keeps each shipped file under 5 MB); files written before are read as they are.
+#: ~12 %, which keeps each shipped file under 5 MiB); files written before are read as they are.
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
