@@ -30,9 +30,10 @@ LIDC_DEMO_CT = SHARED_DATA / "lidc-volumes" / "LIDC-IDRI-0001" / "ct.nrrd"
 LIDC_VAL_CROPS = SHARED_DATA / "lidc-crops" / "val.npz"
 
 
-def val_embedding_cache(folder: Path, count: int):
+def val_embedding_cache(folder: Path, count: int, encoded: int | None = None):
     """An embedding cache of the first `count` marked validation crops (shifted by up to 4 px, as training
-    shifts them), for tests of training and gate fitting; skips where the shared data is absent."""
+    shifts them), the first `encoded` of them (default all) encoded, for tests of training and gate fitting;
+    skips where the shared data is absent."""
     if not LIDC_VAL_CROPS.is_file():
         pytest.skip(f"LIDC crops are not at {LIDC_VAL_CROPS} (shared data absent in this checkout)")
     from AmbiguousSAMLib.crops import rows_with_raters
@@ -42,7 +43,8 @@ def val_embedding_cache(folder: Path, count: int):
     with np.load(LIDC_VAL_CROPS) as data:
         rows = rows_with_raters(data["masks"])[:count]
     cache = EmbeddingCache(folder)
-    cache.build(LIDC_VAL_CROPS, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4)
+    cache.build(LIDC_VAL_CROPS, rows, Predictor(device="cpu", precision="bf16", window=None), max_shift=4,
+                limit=encoded)
     return cache
 
 @pytest.fixture(scope="module")

@@ -195,9 +195,16 @@ def test_a_window_head_reads_the_image_and_round_trips(tmp_path) -> None:
     assert again.presence == pytest.approx(drawn.presence)
 
 
-def test_fit_gate_trains_the_window_cnn_on_other_crops_than_the_gate(cache, tmp_path, capsys) -> None:
-    out = tmp_path / "window.pt"
-    assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "4", "--evidence", "window",
+@pytest.fixture(scope="module")
+def half_encoded_cache(tmp_path_factory) -> EmbeddingCache:
+    return val_embedding_cache(tmp_path_factory.mktemp("half"), 8, encoded=4)
+
+
+def test_fit_gate_trains_the_window_cnn_on_other_crops_than_the_gate(cache, half_encoded_cache, tmp_path,
+                                                                     capsys) -> None:
+    out = tmp_path / "window.pt"  # the CNN reads pixels only: crops 4-7 need no embedding to train it
+    assert half_encoded_cache.meta()["done"] == 4
+    assert main(["fit-gate", "--cache", str(half_encoded_cache.folder), "--rows", "0", "4", "--evidence", "window",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "window CNN on 4 crops: epoch 12/12" in printed and "BCE" in printed
@@ -212,7 +219,7 @@ def test_fit_gate_trains_the_window_cnn_on_other_crops_than_the_gate(cache, tmp_
         assert message in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "8", "--evidence", "window",
                  "--out", str(tmp_path / "x.pt")]) == 2
-    assert "encode more, or give --window-rows" in capsys.readouterr().err
+    assert "none are left, give --window-rows" in capsys.readouterr().err
     assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "4", "--window-rows", "4", "8",
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert "--evidence window only" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

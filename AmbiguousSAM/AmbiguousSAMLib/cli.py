@@ -108,7 +108,7 @@ def _fit_gate(args: argparse.Namespace) -> None:
                                 f"give 0 <= START < STOP <= {done} (the cache is built by 'ambiguous-sam train').")
     window_rows = None
     if args.evidence == "window":
-        window_rows = _window_rows(args.window_rows, (start, stop), done, args.cache)
+        window_rows = _window_rows(args.window_rows, (start, stop), cache.meta().get("count", done), args.cache)
     elif args.window_rows is not None:
         raise AmbiguousSAMError("--window-rows is for --evidence window only (the other gates have no CNN).")
     torch.set_num_threads(args.threads) if args.threads else None
@@ -130,16 +130,17 @@ def _fit_gate(args: argparse.Namespace) -> None:
           "(gate offset reset to 0: run tune-sampling on it)")
 
 
-def _window_rows(asked: list[int] | None, gate_rows: tuple[int, int], done: int, cache: str) -> "np.ndarray":
-    """The crops a window gate's CNN trains on: --window-rows, else every encoded crop after the gate's rows.
-    They must not overlap the gate's rows: the gate has to read the CNN on crops it never trained on."""
+def _window_rows(asked: list[int] | None, gate_rows: tuple[int, int], count: int, cache: str) -> "np.ndarray":
+    """The crops a window gate's CNN trains on: --window-rows, else every crop of the cache after the gate's rows.
+    The CNN reads pixels only, so its crops need not be encoded yet: the cache holds all its crops' images from
+    the start. They must not overlap the gate's rows: the gate has to read the CNN on crops it never trained on."""
     import numpy as np
 
-    start, stop = asked if asked is not None else (gate_rows[1], done)
-    if not 0 <= start < stop <= done:
-        hint = "" if asked is not None else " (by default the crops after --rows: encode more, or give --window-rows)"
-        raise AmbiguousSAMError(f"--window-rows {start} {stop} is not a range of the {done} crops encoded in "
-                                f"{cache}; give 0 <= START < STOP <= {done}{hint}.")
+    start, stop = asked if asked is not None else (gate_rows[1], count)
+    if not 0 <= start < stop <= count:
+        hint = "" if asked is not None else " (by default the crops after --rows: none are left, give --window-rows)"
+        raise AmbiguousSAMError(f"--window-rows {start} {stop} is not a range of the {count} crops in "
+                                f"{cache}; give 0 <= START < STOP <= {count}{hint}.")
     if start < gate_rows[1] and gate_rows[0] < stop:
         raise AmbiguousSAMError(f"--window-rows {start} {stop} overlaps --rows {gate_rows[0]} {gate_rows[1]}: the "
                                 "gate must read the CNN on crops the CNN was not trained on; give disjoint ranges.")
@@ -521,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what the gate reads: the decoder's view, that and nine appearance statistics "
                            "(default), or those and a CNN on the image around the box ('window', trained first)")
     gate.add_argument("--window-rows", type=int, nargs=2, metavar=("START", "STOP"),
-                      help="cached crops the window CNN trains on (default: every encoded crop after --rows)")
+                      help="cached crops the window CNN trains on (default: every crop of the cache after --rows; "
+                           "it reads pixels only, so they need not be encoded yet)")
     gate.add_argument("--out", required=True, help="where to write the new head file")
     gate.add_argument("--seed", type=int, default=0)
     _add_model_options(gate)
