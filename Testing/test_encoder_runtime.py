@@ -19,7 +19,8 @@ from conftest import LIDC_VAL_CROPS, MODULE_DIR, val_embedding_cache
 pytest.importorskip("openvino")
 
 from AmbiguousSAMLib import metrics  # noqa: E402
-from AmbiguousSAMLib.encoder_runtime import OpenVINOEncoder, TorchEncoder, build_encoder, weights_sha256  # noqa: E402
+from AmbiguousSAMLib.encoder_runtime import (  # noqa: E402
+    BF16_GAIN, OpenVINOEncoder, TorchEncoder, build_encoder, weights_sha256)
 from AmbiguousSAMLib.errors import InvalidSettingError  # noqa: E402
 from AmbiguousSAMLib.predictor import Predictor  # noqa: E402
 from AmbiguousSAMLib.training.embedding_cache import EmbeddingCache  # noqa: E402
@@ -120,6 +121,24 @@ def test_conversion_is_cached_and_sends_no_telemetry(tmp_path: Path) -> None:
     assert len(result["folders"]) == 1 and result["folders"][0].startswith("litemedsam-")  # no staging folder left
     assert not result["rewritten"] and result["difference"] == 0.0
     assert not (home / "intel").exists()
+
+
+def test_bf16_runs_only_where_it_is_timed_faster_and_the_timing_is_kept(tmp_path: Path, reference: Predictor) -> None:
+    """Native bf16 is slower than fp32 on some CPUs (no AMX): bf16 is timed against fp32 once, and the record decides
+    from then on (here rewritten by hand, to show it is what decides)."""
+    fast = OpenVINOEncoder(backbone=reference.backbone, precision="bf16", cache_folder=tmp_path)
+    records = list(tmp_path.glob(f"openvino/*/precision-{torch.get_num_threads()}-threads.json"))
+    if not records:  # no native bf16: fp32, nothing timed
+        assert fast.precision == "f32"
+        pytest.skip("this CPU has no native bf16")
+    times = json.loads(records[0].read_text())
+    print(f"OpenVINO encoder ms on this CPU: {times}")
+    assert set(times) == {"bf16", "f32"}
+    assert fast.precision == ("bf16" if times["bf16"] < BF16_GAIN * times["f32"] else "f32")
+    for faster in ("bf16", "f32"):
+        records[0].write_text(json.dumps({"bf16": 1.0, "f32": 2.0} if faster == "bf16" else {"bf16": 0.95, "f32": 1.0}))
+        assert OpenVINOEncoder(backbone=reference.backbone, precision="bf16", cache_folder=tmp_path).precision == faster
+    assert OpenVINOEncoder(backbone=reference.backbone, precision="fp32", cache_folder=tmp_path).precision == "f32"
 
 
 def test_missing_openvino_falls_back_to_torch_with_one_warning(tmp_path: Path) -> None:

@@ -13,14 +13,17 @@ back to PyTorch with one warning: a slower click is better than none.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .device import autocast
@@ -29,6 +32,9 @@ from .modeling.backbone import Backbone
 
 #: Where converted encoders are kept unless AMBIGUOUS_SAM_CACHE names another folder.
 CACHE_VARIABLE = "AMBIGUOUS_SAM_CACHE"
+
+#: bf16 is used where it takes less than this share of the fp32 time (`_chosen`).
+BF16_GAIN = 0.9
 
 #: One encoder call: (1, 3, S, S) model input -> (1, 256, 64, 64) float32 embedding on the input's device.
 Encoder = Callable[[torch.Tensor], torch.Tensor]
@@ -82,8 +88,9 @@ class TorchEncoder:
 class OpenVINOEncoder:
     """The backbone's encoder converted to OpenVINO and compiled for this CPU.
 
-    bf16 runs in bf16 only where the CPU computes it natively (AVX-512 BF16 or AMX; OpenVINO reports 'BF16'),
-    fp32 elsewhere. It uses as many threads as torch is allowed, so Slicer's and the user's thread settings hold.
+    bf16 runs in bf16 only where the CPU computes it natively (AVX-512 BF16 or AMX; OpenVINO reports 'BF16') and
+    it is faster there than fp32 (timed once per machine and thread count: `_faster_precision`), fp32 elsewhere.
+    It uses as many threads as torch is allowed, so Slicer's and the user's thread settings hold.
     The input shape is fixed at one image: the TinyViT trace bakes the batch size into its reshapes.
     """
 
@@ -97,14 +104,12 @@ class OpenVINOEncoder:
         model_path = folder / "encoder.xml"
         if not model_path.is_file():
             _convert(backbone, size, folder)
-        native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        #: What the CPU computes in ("bf16" or "f32"), for benchmark tables.
-        self.precision = "bf16" if precision == "bf16" and native_bf16 else "f32"
-        compiled = core.compile_model(str(model_path), "CPU", {
-            "INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-            "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(folder / "compiled")})
-        self._request = compiled.create_infer_request()
         self.input_shape = (1, 3, size, size)
+        native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        asked = "bf16" if precision == "bf16" and native_bf16 else "f32"
+        #: What the CPU computes in ("bf16" or "f32"), for benchmark tables.
+        self.precision = _faster_precision(core, model_path, self.input_shape) if asked == "bf16" else "f32"
+        self._request = _compile(core, model_path, self.precision).create_infer_request()
 
     def __call__(self, model_input: torch.Tensor) -> torch.Tensor:
         pixels = model_input.detach().to("cpu", torch.float32)
@@ -112,6 +117,56 @@ class OpenVINOEncoder:
             return torch.cat([self(image[None]) for image in pixels])
         output = self._request.infer({0: pixels.numpy()})[0]
         return torch.from_numpy(output.copy()).to(model_input.device)
+
+
+def _compile(core, model_path: Path, precision: str):
+    """The converted encoder compiled for this CPU in `precision`, at torch's thread count (the compiled form is
+    kept in OpenVINO's cache beside the model, so a second compile is quick)."""
+    return core.compile_model(str(model_path), "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(model_path.parent / "compiled")})
+
+
+def _faster_precision(core, model_path: Path, input_shape: tuple[int, ...]) -> str:
+    """"bf16" where it runs the encoder clearly faster than "f32" on this CPU at this thread count (`_chosen`):
+    timed once (two warm-ups and the median of five calls each) and kept in the model's folder.
+
+    Why time it: a CPU that computes bf16 natively is not always faster in it. With AMX, OpenVINO ran LiteMedSAM's
+    encoder in bf16 at 0.23x its fp32 time (issue 16); on a Xeon with AVX-512 BF16 but no AMX, bf16 took 1.33x the
+    fp32 time (1,257 against 944 ms, 1 thread), and fp32 is also PyTorch's answer to 4e-6 where bf16 moves
+    boundary pixels. The CPU's flags do not say which case a machine is (AVX-512 BF16 alone was fast on another
+    machine), the clock does. The record is per thread count: the balance can change with it.
+    """
+    record = model_path.parent / f"precision-{torch.get_num_threads()}-threads.json"
+    try:
+        times = json.loads(record.read_text())
+        if set(times) == {"bf16", "f32"}:
+            return _chosen(times)
+    except (OSError, ValueError):
+        pass  # not timed yet on this machine (or an unreadable record): time it now
+    zeros = np.zeros(input_shape, np.float32)
+    times = {}
+    for precision in ("bf16", "f32"):
+        request = _compile(core, model_path, precision).create_infer_request()
+        request.infer({0: zeros})
+        request.infer({0: zeros})
+        calls = []
+        for _ in range(5):
+            start = time.perf_counter()
+            request.infer({0: zeros})
+            calls.append(time.perf_counter() - start)
+        times[precision] = round(float(np.median(calls)) * 1000, 1)
+    staging = record.with_name(f".{record.name}.{os.getpid()}")
+    staging.write_text(json.dumps(times))
+    staging.replace(record)  # whole or not at all, as the converted model
+    return _chosen(times)
+
+
+def _chosen(times: dict[str, float]) -> str:
+    """bf16 where it saves at least a tenth of the fp32 time: its rounding has to buy speed, and near a tie
+    (2 threads on that AVX-512 BF16 Xeon: 711 against 797 ms in one timing, the other way round in another) the
+    exact arithmetic is worth more than noise."""
+    return "bf16" if times["bf16"] < BF16_GAIN * times["f32"] else "f32"
 
 
 class _Encode(torch.nn.Module):
