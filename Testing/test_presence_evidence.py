@@ -65,22 +65,30 @@ def test_appearance_reads_margin_contrast_density_and_edge() -> None:
     torch.testing.assert_close(appearance_features(logits, box, spiked, SIZE)[0], strong, atol=0.02, rtol=0.0)
 
 
-def test_an_appearance_head_needs_the_image_and_round_trips(tmp_path) -> None:
+@pytest.mark.parametrize(("evidence", "inputs"), [("appearance", 18), ("window", 19)])
+def test_an_image_reading_head_needs_the_image_and_round_trips(tmp_path, evidence: str, inputs: int) -> None:
     backbone = build_backbone()
-    head = ProbabilisticSAM(backbone, presence_evidence="appearance").eval()
-    assert head.presence.mlp[0].in_features == EVIDENCE["appearance"] == 18
+    head = ProbabilisticSAM(backbone, presence_evidence=evidence).eval()
+    assert head.presence.mlp[0].in_features == EVIDENCE[evidence] == inputs
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
     box = torch.tensor([[90.0, 90.0, 166.0, 166.0]])
     with pytest.raises(ValueError, match="reads the image"):
         head.sample(embedding, box, k=4, seed=0)
     image, _ = disc_image(0.5)
     drawn = head.sample(embedding, box, k=4, seed=0, image=image)
-    save_head(head, tmp_path / "appearance.pt", backbone.spec.name)
-    loaded = load_head(backbone, tmp_path / "appearance.pt")
-    assert loaded.presence_evidence == "appearance"
-    torch.testing.assert_close(loaded.sample(embedding, box, k=4, seed=0, image=image).logits, drawn.logits)
+    save_head(head, tmp_path / f"{evidence}.pt", backbone.spec.name)
+    loaded = load_head(backbone, tmp_path / f"{evidence}.pt")
+    assert loaded.presence_evidence == evidence
+    if evidence == "window":
+        torch.testing.assert_close(loaded.window_net.features[0][0].weight, head.window_net.features[0][0].weight)
+    again = loaded.sample(embedding, box, k=4, seed=0, image=image)
+    torch.testing.assert_close(again.logits, drawn.logits)
+    assert again.presence == pytest.approx(drawn.presence)
+
+
+def test_an_unknown_presence_evidence_is_refused() -> None:
     with pytest.raises(ValueError, match="presence_evidence"):
-        ProbabilisticSAM(backbone, presence_evidence="texture")
+        ProbabilisticSAM(build_backbone(), presence_evidence="texture")
 
 
 def test_the_set_loss_prefers_samples_spread_like_the_raters() -> None:
@@ -174,25 +182,6 @@ def test_the_window_cnn_learns_a_faint_lesion_from_a_solid_one() -> None:
     with torch.no_grad():
         pi = torch.sigmoid(net(torch.cat([faint, solid])))
     assert float(pi[1]) > float(pi[0]) + 0.3
-
-
-def test_a_window_head_reads_the_image_and_round_trips(tmp_path) -> None:
-    backbone = build_backbone()
-    head = ProbabilisticSAM(backbone, presence_evidence="window").eval()
-    assert head.presence.mlp[0].in_features == EVIDENCE["window"] == 19
-    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
-    box = torch.tensor([[90.0, 90.0, 166.0, 166.0]])
-    with pytest.raises(ValueError, match="reads the image"):
-        head.sample(embedding, box, k=4, seed=0)
-    image, _ = disc_image(0.5)
-    drawn = head.sample(embedding, box, k=4, seed=0, image=image)
-    save_head(head, tmp_path / "window.pt", backbone.spec.name)
-    loaded = load_head(backbone, tmp_path / "window.pt")
-    assert loaded.presence_evidence == "window"
-    torch.testing.assert_close(loaded.window_net.features[0][0].weight, head.window_net.features[0][0].weight)
-    again = loaded.sample(embedding, box, k=4, seed=0, image=image)
-    torch.testing.assert_close(again.logits, drawn.logits)
-    assert again.presence == pytest.approx(drawn.presence)
 
 
 @pytest.fixture(scope="module")
