@@ -157,15 +157,19 @@ def _faster_precision(core, model_path: Path, input_shape: tuple[int, ...]) -> s
             calls.append(time.perf_counter() - start)
         times[precision] = round(float(np.median(calls)) * 1000, 1)
     staging = record.with_name(f".{record.name}.{os.getpid()}")
-    staging.write_text(json.dumps(times))
-    staging.replace(record)  # whole or not at all, as the converted model
+    try:
+        staging.write_text(json.dumps(times))
+        staging.replace(record)  # whole or not at all, as the converted model
+    except OSError:
+        pass  # a read-only cache folder: the choice holds for this session and is timed again next time
     return _chosen(times)
 
 
 def _chosen(times: dict[str, float]) -> str:
-    """bf16 where it saves at least a tenth of the fp32 time: its rounding has to buy speed, and near a tie
-    (2 threads on that AVX-512 BF16 Xeon: 711 against 797 ms in one timing, the other way round in another) the
-    exact arithmetic is worth more than noise."""
+    """bf16 where it saves at least a tenth of the fp32 time: its rounding has to buy speed, and near a tie the
+    exact arithmetic is worth more than the timing's noise (on that AVX-512 BF16 Xeon at 2 threads, one early
+    timing of a warm-up and three calls gave bf16 711 against 797 ms; two of two warm-ups and five calls gave
+    667 against 531 and 677 against 564)."""
     return "bf16" if times["bf16"] < BF16_GAIN * times["f32"] else "f32"
 
 
