@@ -101,14 +101,15 @@ def _fit_gate(args: argparse.Namespace) -> None:
         raise AmbiguousSAMError(f"--out {args.out} is the head being refitted; write the new head to another file "
                                 "(the input is never overwritten).")
     cache = EmbeddingCache(args.cache)
-    done = cache.meta().get("done", 0)
+    meta = cache.meta()
+    done = meta.get("done", 0)
     start, stop = args.rows
     if not 0 <= start < stop <= done:
         raise AmbiguousSAMError(f"--rows {start} {stop} is not a range of the {done} crops encoded in {args.cache}; "
                                 f"give 0 <= START < STOP <= {done} (the cache is built by 'ambiguous-sam train').")
     window_rows = None
     if args.evidence == "window":
-        window_rows = _window_rows(args.window_rows, (start, stop), cache.meta().get("count", done), args.cache)
+        window_rows = _window_rows(args.window_rows, (start, stop), meta.get("count", done), args.cache)
     elif args.window_rows is not None:
         raise AmbiguousSAMError("--window-rows is for --evidence window only (the other gates have no CNN).")
     torch.set_num_threads(args.threads) if args.threads else None
@@ -121,7 +122,7 @@ def _fit_gate(args: argparse.Namespace) -> None:
     head, bce = refit_gate(predictor.backbone, str(head_path), cache, np.arange(start, stop), args.evidence,
                            seed=args.seed, window_rows=window_rows, progress=report)
     payload = read_checkpoint(head_path, HEAD)
-    extra = {**payload["extra"], "gate": {"evidence": args.evidence, "cache": cache.meta()["settings"],
+    extra = {**payload["extra"], "gate": {"evidence": args.evidence, "cache": meta["settings"],
                                           "rows": [start, stop], "presence_bce": bce}}
     if window_rows is not None:
         extra["gate"]["window_rows"] = [int(window_rows[0]), int(window_rows[-1]) + 1]

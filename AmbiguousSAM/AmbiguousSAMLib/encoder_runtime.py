@@ -106,10 +106,13 @@ class OpenVINOEncoder:
             _convert(backbone, size, folder)
         self.input_shape = (1, 3, size, size)
         native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        asked = "bf16" if precision == "bf16" and native_bf16 else "f32"
         #: What the CPU computes in ("bf16" or "f32"), for benchmark tables.
-        self.precision = _faster_precision(core, model_path, self.input_shape) if asked == "bf16" else "f32"
-        self._request = _compile(core, model_path, self.precision).create_infer_request()
+        self.precision, compiled = "f32", None
+        if precision == "bf16" and native_bf16:
+            self.precision, compiled = _faster_precision(core, model_path, self.input_shape)
+        if compiled is None:
+            compiled = _compile(core, model_path, self.precision)
+        self._request = compiled.create_infer_request()
 
     def __call__(self, model_input: torch.Tensor) -> torch.Tensor:
         pixels = model_input.detach().to("cpu", torch.float32)
@@ -127,9 +130,11 @@ def _compile(core, model_path: Path, precision: str):
         "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(model_path.parent / "compiled")})
 
 
-def _faster_precision(core, model_path: Path, input_shape: tuple[int, ...]) -> str:
+def _faster_precision(core, model_path: Path, input_shape: tuple[int, ...]) -> tuple[str, object | None]:
     """"bf16" where it runs the encoder clearly faster than "f32" on this CPU at this thread count (`_chosen`):
-    timed once (two warm-ups and the median of five calls each) and kept in the model's folder.
+    timed once (two warm-ups and the median of five calls each) and kept in the model's folder. When it was timed
+    now, the chosen precision's compiled model comes with it (None when the record decided), so it is not
+    compiled twice.
 
     Why time it: a CPU that computes bf16 natively is not always faster in it. With AMX, OpenVINO ran LiteMedSAM's
     encoder in bf16 at 0.23x its fp32 time (issue 16); on a Xeon with AVX-512 BF16 but no AMX, bf16 took 1.33x the
@@ -141,13 +146,14 @@ def _faster_precision(core, model_path: Path, input_shape: tuple[int, ...]) -> s
     try:
         times = json.loads(record.read_text())
         if set(times) == {"bf16", "f32"}:
-            return _chosen(times)
+            return _chosen(times), None
     except (OSError, ValueError):
         pass  # not timed yet on this machine (or an unreadable record): time it now
     zeros = np.zeros(input_shape, np.float32)
-    times = {}
+    times, compiled = {}, {}
     for precision in ("bf16", "f32"):
-        request = _compile(core, model_path, precision).create_infer_request()
+        compiled[precision] = _compile(core, model_path, precision)
+        request = compiled[precision].create_infer_request()
         request.infer({0: zeros})
         request.infer({0: zeros})
         calls = []
@@ -162,7 +168,7 @@ def _faster_precision(core, model_path: Path, input_shape: tuple[int, ...]) -> s
         staging.replace(record)  # whole or not at all, as the converted model
     except OSError:
         pass  # a read-only cache folder: the choice holds for this session and is timed again next time
-    return _chosen(times)
+    return _chosen(times), compiled[_chosen(times)]
 
 
 def _chosen(times: dict[str, float]) -> str:
