@@ -277,6 +277,27 @@ def test_a_dicom_folder_with_two_series_is_not_guessed(tmp_path) -> None:
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("content", [{}, {"notes.txt": b"not DICOM", "a.dcm": b"DICM" * 50}])
+def test_a_folder_without_a_dicom_series_gets_one_line_and_no_itk_warning(capfd, tmp_path, content) -> None:
+    """ITK's own "No Series were found" warning (a C++ source path and an address) went to stderr before the
+    message; it reads like a crash. The file-descriptor capture sees what ITK writes outside Python."""
+    import SimpleITK as sitk
+
+    from AmbiguousSAMLib.cli import main
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name, data in content.items():
+        (folder / name).write_bytes(data)
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    code = main(["segment", str(folder), "--box", *map(str, BOX), "--slice", "10", "-o", str(tmp_path / "out")])
+    error = capfd.readouterr().err
+    assert code == 2 and "holds no DICOM series" in error
+    assert "WARNING" not in error and "GDCMSeriesFileNames" not in error and "Traceback" not in error
+    assert sitk.ProcessObject.GetGlobalWarningDisplay() == shown, "the caller's ITK warning setting was changed"
+    assert not (tmp_path / "out").exists()
+
+
 #
 # The MRML logic (slicer-core): refused before any model work, and the scene unchanged.
 #

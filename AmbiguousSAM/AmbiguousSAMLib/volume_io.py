@@ -81,11 +81,23 @@ def check_dicom_series(folder: str | Path, series_uid: str | None = None, allow_
     return files
 
 
+def _series_ids_quietly(reader: sitk.ImageSeriesReader, folder: Path) -> tuple[str, ...]:
+    """The folder's DICOM series UIDs, without ITK's "No Series were found" warning on stderr: a folder with none
+    gets this module's own message, and ITK's line before it (with a source path and an address) reads like a
+    crash. The user's (or Slicer's) warning setting is put back as it was."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def series_files(folder: Path, series_uid: str | None = None) -> tuple[str, ...]:
     """The files of the folder's one DICOM series, or of series `series_uid`, in slice order (GDCM's: along the
     slice normal); cheap enough (headers only) to check a request before any model work."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    series = _series_ids_quietly(reader, folder)
     if not series:
         raise InvalidImageError(f"{folder} holds no DICOM series. Point to the folder of one CT series.")
     if series_uid is None and len(series) == 1:
