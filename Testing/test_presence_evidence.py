@@ -68,7 +68,7 @@ def test_appearance_reads_margin_contrast_density_and_edge() -> None:
 @pytest.mark.parametrize(("evidence", "inputs"), [("appearance", 18), ("window", 19)])
 def test_an_image_reading_head_needs_the_image_and_round_trips(tmp_path, evidence: str, inputs: int) -> None:
     backbone = build_backbone()
-    head = ProbabilisticSAM(backbone, presence_evidence=evidence).eval()
+    head = ProbabilisticSAM(backbone, presence_evidence=evidence, window_context=3.0).eval()
     assert head.presence.mlp[0].in_features == EVIDENCE[evidence] == inputs
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
     box = torch.tensor([[90.0, 90.0, 166.0, 166.0]])
@@ -78,7 +78,7 @@ def test_an_image_reading_head_needs_the_image_and_round_trips(tmp_path, evidenc
     drawn = head.sample(embedding, box, k=4, seed=0, image=image)
     save_head(head, tmp_path / f"{evidence}.pt", backbone.spec.name)
     loaded = load_head(backbone, tmp_path / f"{evidence}.pt")
-    assert loaded.presence_evidence == evidence
+    assert loaded.presence_evidence == evidence and loaded.window_context == 3.0
     if evidence == "window":
         torch.testing.assert_close(loaded.window_net.features[0][0].weight, head.window_net.features[0][0].weight)
     again = loaded.sample(embedding, box, k=4, seed=0, image=image)
@@ -152,6 +152,11 @@ def test_the_lesion_window_is_centred_on_the_box_whatever_the_field_of_view() ->
     far_box = window_far[0, 1]  # centred and square too (a little smaller: the window's 16-pixel margin is fixed)
     assert far_box[24, 24] == 1 and far_box[24].sum() == far_box[:, 24].sum() and 0.7 < far_box.sum() / box.sum() < 1
     torch.testing.assert_close(far_box, far_box.flip(0).flip(1))
+    # A wider context reads more around the same box: the box's side over the window's is 46 / (c * 46 + 16).
+    for context in (2.0, 3.0):
+        wide_box = lesion_window(near, box_near, SIZE, context)[0, 1]
+        assert abs(float(wide_box[24].sum()) / WINDOW_SIDE - 46 / (context * 46 + 16)) < 1.5 / WINDOW_SIDE
+    torch.testing.assert_close(lesion_window(near, box_near, SIZE, 2.0), window_near)  # 2 is the default
 
 
 def test_folding_the_batch_norms_keeps_what_the_cnn_computes() -> None:
@@ -199,10 +204,14 @@ def test_fit_gate_trains_the_window_cnn_on_other_crops_than_the_gate(cache, half
     assert "window CNN on 4 crops: epoch 12/12" in printed and "BCE" in printed
     extra = read_checkpoint(Path(out), HEAD)["extra"]["gate"]
     assert extra["rows"] == [0, 4] and extra["window_rows"] == [4, 8] and extra["evidence"] == "window"
+    assert extra["window_context"] == 3.0
     refitted = load_head(build_backbone(), out)
     assert refitted.presence_evidence == "window" and refitted.window_net is not None
+    assert refitted.window_context == 3.0  # the default field, kept in the file's config
     for asked, message in ((["--window-rows", "2", "6"], "overlaps --rows 0 4"),
-                           (["--window-rows", "4", "9"], "0 <= START < STOP <= 8")):
+                           (["--window-rows", "4", "9"], "0 <= START < STOP <= 8"),
+                           (["--window-context", "0.5"], "--window-context 0.5 is out of range"),
+                           (["--window-context", "nan"], "--window-context nan is out of range")):
         assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "4", "--evidence", "window", *asked,
                      "--out", str(tmp_path / "x.pt")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
@@ -210,5 +219,8 @@ def test_fit_gate_trains_the_window_cnn_on_other_crops_than_the_gate(cache, half
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert "none are left, give --window-rows" in capsys.readouterr().err
     assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "4", "--window-rows", "4", "8",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--evidence window only" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    assert main(["fit-gate", "--cache", str(cache.folder), "--rows", "0", "4", "--window-context", "3",
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert "--evidence window only" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

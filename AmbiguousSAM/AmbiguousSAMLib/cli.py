@@ -110,8 +110,13 @@ def _fit_gate(args: argparse.Namespace) -> None:
     window_rows = None
     if args.evidence == "window":
         window_rows = _window_rows(args.window_rows, (start, stop), meta.get("count", done), args.cache)
-    elif args.window_rows is not None:
-        raise AmbiguousSAMError("--window-rows is for --evidence window only (the other gates have no CNN).")
+    elif args.window_rows is not None or args.window_context is not None:
+        raise AmbiguousSAMError("--window-rows and --window-context are for --evidence window only (the other gates "
+                                "have no CNN).")
+    context = 3.0 if args.window_context is None else args.window_context
+    if not 1.0 <= context <= 6.0:
+        raise AmbiguousSAMError(f"--window-context {context} is out of range: give the window's side over the box's "
+                                "longer side, between 1 and 6 (3 by default; 2 was the first window gates').")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision, runtime=args.runtime)
@@ -120,12 +125,13 @@ def _fit_gate(args: argparse.Namespace) -> None:
         print(f"window CNN on {len(window_rows)} crops: epoch {epoch}/{epochs}, BCE {loss:.4f}", flush=True)
 
     head, bce = refit_gate(predictor.backbone, str(head_path), cache, np.arange(start, stop), args.evidence,
-                           seed=args.seed, window_rows=window_rows, progress=report)
+                           seed=args.seed, window_rows=window_rows, window_context=context, progress=report)
     payload = read_checkpoint(head_path, HEAD)
     extra = {**payload["extra"], "gate": {"evidence": args.evidence, "cache": meta["settings"],
                                           "rows": [start, stop], "presence_bce": bce}}
     if window_rows is not None:
         extra["gate"]["window_rows"] = [int(window_rows[0]), int(window_rows[-1]) + 1]
+        extra["gate"]["window_context"] = context
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
     print(f"gate ({args.evidence} evidence) fitted on cached crops {start}-{stop}: BCE {bce:.4f}; wrote {args.out} "
           "(gate offset reset to 0: run tune-sampling on it)")
@@ -525,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--window-rows", type=int, nargs=2, metavar=("START", "STOP"),
                       help="cached crops the window CNN trains on (default: every crop of the cache after --rows; "
                            "it reads pixels only, so they need not be encoded yet)")
+    gate.add_argument("--window-context", type=float,
+                      help="the window CNN's field: its side over the box's longer side, plus 16 pixels (default 3)")
     gate.add_argument("--out", required=True, help="where to write the new head file")
     gate.add_argument("--seed", type=int, default=0)
     _add_model_options(gate)

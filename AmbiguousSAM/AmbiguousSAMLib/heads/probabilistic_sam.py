@@ -31,7 +31,7 @@ from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, 
 from .latent import GaussianLatentNet, box_channel, kl_divergence
 from .presence import (EVIDENCE, IMAGE_EVIDENCE, PresenceGate, appearance_features, gate_logits,
                        presence_features, presence_probability, stratified_ranks)
-from .presence_window import WindowNet, lesion_window
+from .presence_window import DEFAULT_CONTEXT, WindowNet, lesion_window
 from .sampler import Samples, generator_for
 
 INJECTIONS = ("hypernetwork", "prompt")
@@ -97,7 +97,8 @@ class ProbabilisticSAM(nn.Module):
     def __init__(self, backbone: Backbone, injection: str = "hypernetwork", latent_dim: int = 6,
                  presence_offset: float = 0.0, prior_temperature: float = 1.0,
                  presence_evidence: str = "decoder",
-                 presence_bounds: tuple[list[float], list[float]] | None = None) -> None:
+                 presence_bounds: tuple[list[float], list[float]] | None = None,
+                 window_context: float = DEFAULT_CONTEXT) -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
@@ -128,6 +129,8 @@ class ProbabilisticSAM(nn.Module):
         self.presence = PresenceGate(EVIDENCE[presence_evidence], bounds=presence_bounds)
         #: The CNN on the lesion window, one input of a "window" gate (fitted with the gate, never in the outline loop).
         self.window_net = WindowNet() if presence_evidence == "window" else None
+        #: How much of the image around the box that CNN reads (presence_window.py), fixed when it is trained.
+        self.window_context = float(window_context)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What training updates and a head checkpoint stores; everything else is the backbone's decoder."""
@@ -153,7 +156,7 @@ class ProbabilisticSAM(nn.Module):
                 raise ValueError("This head's presence gate reads the image: pass the model input (image=).")
             features = torch.cat([features, appearance_features(plain_logits, boxes, images, self.image_size)], 1)
         if self.window_net is not None:
-            window = lesion_window(images, boxes, self.image_size).to(features.dtype)
+            window = lesion_window(images, boxes, self.image_size, self.window_context).to(features.dtype)
             features = torch.cat([features, self.window_net(window)[:, None]], 1)
         return self.presence(features), features
 

@@ -17,6 +17,7 @@ import torch
 
 from ..heads.checkpoint import copy_matching_weights, load_head
 from ..heads.presence import IMAGE_EVIDENCE, PresenceGate, presence_loss
+from ..heads.presence_window import DEFAULT_CONTEXT
 from ..heads.probabilistic_sam import ProbabilisticSAM
 from ..modeling.backbone import Backbone
 from .batches import make_batch
@@ -66,7 +67,7 @@ def fit_presence_gate(head: ProbabilisticSAM, features: torch.Tensor, marked_fra
 
 
 def refit_gate(backbone: Backbone, head_path: str, cache: EmbeddingCache, rows: np.ndarray, evidence: str,
-               seed: int = 0, window_rows: np.ndarray | None = None,
+               seed: int = 0, window_rows: np.ndarray | None = None, window_context: float = DEFAULT_CONTEXT,
                progress: Callable[[int, int, float], None] | None = None) -> tuple[ProbabilisticSAM, float]:
     """A trained head with a new gate reading `evidence`, fitted on `rows` of the cache; its outline unchanged.
 
@@ -74,19 +75,21 @@ def refit_gate(backbone: Backbone, head_path: str, cache: EmbeddingCache, rows: 
     them and is surer there than on new patients; rows the outline never saw (the next nested prefix of the
     cache) give it the view it will have in use. The gate's logit offset is reset to 0: it was tuned for the
     old gate, so the new head is tuned again (tune-sampling). A "window" gate's CNN is fitted first, on
-    `window_rows` (crops the gate is not fitted on, window_fit.py); `progress` reports its epochs.
+    `window_rows` (crops the gate is not fitted on, window_fit.py), on windows of `window_context` times the box;
+    `progress` reports its epochs.
     """
     if (evidence == "window") != (window_rows is not None):
         raise ValueError("window_rows are given exactly when the evidence is 'window'")
     trained = load_head(backbone, head_path)
     head = ProbabilisticSAM(backbone, injection=trained.injection, latent_dim=trained.latent_dim,
-                            prior_temperature=trained.prior_temperature, presence_evidence=evidence)
+                            prior_temperature=trained.prior_temperature, presence_evidence=evidence,
+                            window_context=window_context)
     copy_matching_weights(head, head_path)
     head = head.to(next(trained.parameters()).device).eval()
     crops = cache.crops()
     if window_rows is not None:
         windows, marked = crop_windows(crops["images"], crops["masks"], window_rows, head.image_size,
-                                       np.random.default_rng([seed, len(window_rows)]))
+                                       np.random.default_rng([seed, len(window_rows)]), window_context)
         head.window_net.load_state_dict(fit_window_net(windows, marked, seed=seed, progress=progress).state_dict())
     features, marked = crop_features(head, cache.embeddings(), crops["masks"], rows,
                                      np.random.default_rng([seed, len(rows)]), crops["images"])

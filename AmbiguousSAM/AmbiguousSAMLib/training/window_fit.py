@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..heads.presence_window import WindowNet, lesion_window
+from ..heads.presence_window import DEFAULT_CONTEXT, WindowNet, lesion_window
 from ..preprocessing import ModelFrame, model_input
 from .batches import BOX_MARGINS, union_box
 
@@ -26,9 +26,10 @@ WINDOW_EPOCHS, WINDOW_BATCH = 12, 64
 
 
 def crop_windows(images: np.ndarray, masks: np.ndarray, rows: np.ndarray, image_size: int,
-                 rng: np.random.Generator, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lesion windows (N, 2, 48, 48) of `rows`, through the same model input the head reads at run time, and
-    the share of raters who marked each (N,)."""
+                 rng: np.random.Generator, context: float = DEFAULT_CONTEXT,
+                 batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lesion windows (N, 2, 48, 48) of `rows` (`context` times the box, presence_window.py), through the same
+    model input the head reads at run time, and the share of raters who marked each (N,)."""
     windows, marked = [], []
     for start in range(0, len(rows), batch_size):
         inputs, boxes = [], []
@@ -38,7 +39,7 @@ def crop_windows(images: np.ndarray, masks: np.ndarray, rows: np.ndarray, image_
             inputs.append(model_input(images[row], image_size)[0][:, :1])
             boxes.append(torch.from_numpy(frame.box_to_model(box)))
             marked.append(float(masks[row].reshape(len(masks[row]), -1).any(axis=1).mean()))
-        windows.append(lesion_window(torch.cat(inputs), torch.stack(boxes), image_size))
+        windows.append(lesion_window(torch.cat(inputs), torch.stack(boxes), image_size, context))
     return torch.cat(windows), torch.tensor(marked, dtype=torch.float32)
 
 
