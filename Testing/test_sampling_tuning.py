@@ -9,7 +9,7 @@ import torch
 from AmbiguousSAMLib.heads.checkpoint import load_head, save_head
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.modeling.backbone import build_backbone
-from AmbiguousSAMLib.training.sampling_tuning import UngatedDraws, lowest_tuning_ged, score_offset, score_offsets
+from AmbiguousSAMLib.training.sampling_tuning import UngatedDraws, chosen_entry, score_offset, score_offsets
 
 
 def constructed_draws() -> UngatedDraws:
@@ -34,15 +34,32 @@ def test_offset_scores_follow_the_protocol_on_a_constructed_case() -> None:
 
 def test_tuning_picks_the_lowest_ged_on_the_tuning_half() -> None:
     table = score_offsets(constructed_draws(), [0.0, -1.0, -np.log(9.0) - 1.6, -20.0])
-    assert lowest_tuning_ged(table)["offset"] == -np.log(9.0) - 1.6
+    assert chosen_entry(table)["offset"] == -np.log(9.0) - 1.6
     assert [entry["offset"] for entry in table] == [0.0, -1.0, -np.log(9.0) - 1.6, -20.0]
     assert all(set(entry) == {"offset", "tune", "check"} for entry in table)
 
 
+def scores(ged: float, others: float) -> dict[str, float]:
+    return {"ged": ged, "hm_iou": others, "d_avg": others, "majority_dice": others}
+
+
 def test_the_check_half_plays_no_part_in_the_choice() -> None:
-    table = [{"offset": 0.0, "tune": {"ged": 0.3}, "check": {"ged": 0.1}},
-             {"offset": 1.0, "tune": {"ged": 0.2}, "check": {"ged": 0.9}}]
-    assert lowest_tuning_ged(table)["offset"] == 1.0
+    table = [{"offset": 0.0, "tune": scores(0.3, 0.9), "check": scores(0.1, 0.9)},
+             {"offset": 1.0, "tune": scores(0.2, 0.5), "check": scores(0.9, 0.1)}]
+    assert chosen_entry(table)["offset"] == 1.0
+
+
+def test_a_ged_tie_goes_to_the_better_majority_vote() -> None:
+    """Within 0.001 of the lowest even GED the other three even scores decide (the measured case: -0.15 at
+    0.1958 and majority Dice 0.695 against -0.30 at 0.1965 and 0.712); a GED 0.001 or more worse never wins."""
+    measured = [{"offset": -0.15, "tune": {"ged": 0.1958, "hm_iou": 0.6535, "d_avg": 0.5921, "majority_dice": 0.6951}},
+                {"offset": -0.30, "tune": {"ged": 0.1965, "hm_iou": 0.6543, "d_avg": 0.5913, "majority_dice": 0.7120}},
+                {"offset": -0.45, "tune": {"ged": 0.1980, "hm_iou": 0.6560, "d_avg": 0.5800, "majority_dice": 0.7150}}]
+    assert chosen_entry(measured)["offset"] == -0.30
+    far = [measured[0], {**measured[2], "tune": {**measured[2]["tune"], "majority_dice": 0.99}}]
+    assert chosen_entry(far)["offset"] == -0.15
+    equal = [{"offset": 0.1, "tune": scores(0.2004, 0.6)}, {"offset": 0.2, "tune": scores(0.2000, 0.6)}]
+    assert chosen_entry(equal)["offset"] == 0.2  # the other three equal: the lower GED
 
 
 def test_offset_is_stored_with_the_head_and_applied_when_sampling(tmp_path) -> None:
