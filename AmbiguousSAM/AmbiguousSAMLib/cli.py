@@ -277,8 +277,8 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     extra["sampling_tuning"] = {"data": str(args.data), "slices": int(len(rows)), "seed": args.seed,
                                 "samples": args.samples, "table": table}
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
-    print(f"temperature {best['temperature']:.2f}, offset {best['offset']:+.2f} (lowest GED on the even slices, a tie within 0.001 going to the best mean of HM-IoU, D_avg and majority Dice there); "
-          f"wrote {args.out}")
+    print(f"temperature {best['temperature']:.2f}, offset {best['offset']:+.2f} (lowest GED on the even slices, a "
+          f"tie within 0.001 going to the best mean of HM-IoU, D_avg and majority Dice there); wrote {args.out}")
 
 
 def _train_scorer(args: argparse.Namespace) -> None:
