@@ -92,6 +92,7 @@ def _fit_gate(args: argparse.Namespace) -> None:
     import torch
 
     from .heads.checkpoint import HEAD, head_file, read_checkpoint, save_head
+    from .heads.presence_window import DEFAULT_CONTEXT, FITTED_CONTEXT
     from .predictor import Predictor
     from .training.embedding_cache import EmbeddingCache
     from .training.presence_fit import refit_gate
@@ -113,10 +114,11 @@ def _fit_gate(args: argparse.Namespace) -> None:
     elif args.window_rows is not None or args.window_context is not None:
         raise AmbiguousSAMError("--window-rows and --window-context are for --evidence window only (the other gates "
                                 "have no CNN).")
-    context = 3.0 if args.window_context is None else args.window_context
+    context = FITTED_CONTEXT if args.window_context is None else args.window_context
     if not 1.0 <= context <= 6.0:
         raise AmbiguousSAMError(f"--window-context {context} is out of range: give the window's side over the box's "
-                                "longer side, between 1 and 6 (3 by default; 2 was the first window gates').")
+                                f"longer side, between 1 and 6 ({FITTED_CONTEXT:g} by default; {DEFAULT_CONTEXT:g} was "
+                                "the first window gates').")
     torch.set_num_threads(args.threads) if args.threads else None
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision, runtime=args.runtime)

@@ -30,6 +30,8 @@ WINDOW_SIDE = 48
 WINDOW_WIDTHS = (24, 48, 96, 96)
 #: The window's side over the box's longer side (plus 16 pixels) of the first window gates, and files without one.
 DEFAULT_CONTEXT = 2.0
+#: The field a new window CNN is trained on unless asked otherwise (fit-gate): it predicted the raters better.
+FITTED_CONTEXT = 3.0
 
 
 def lesion_window(images: torch.Tensor, boxes: torch.Tensor, image_size: int,
