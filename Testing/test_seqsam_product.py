@@ -20,6 +20,7 @@ from AmbiguousSAMLib.heads.checkpoint import HEAD, shipped_model, write_checkpoi
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.heads.scorer_checkpoint import DEFAULT_SCORER
 from AmbiguousSAMLib.heads.seqsam import SeqSAM
+from AmbiguousSAMLib.heads.ua_sam import UASAM
 from AmbiguousSAMLib.metrics import dice
 from AmbiguousSAMLib.segmenter import LesionSegmenter
 from AmbiguousSAMLib.serverprocess import ServerProcess
@@ -37,7 +38,7 @@ def test_the_slicer_module_offers_every_head_name() -> None:
 
 
 @pytest.mark.parametrize("head, kind", [("default", ProbabilisticSAM), ("seqsam", SeqSAM), (str(SEQSAM_FILE), SeqSAM),
-                                        ("deterministic", Deterministic)])
+                                        ("ua-sam", UASAM), ("deterministic", Deterministic)])
 def test_a_head_by_name_or_by_file(head: str, kind: type) -> None:
     assert isinstance(LesionSegmenter(head=head, device="cpu", scorer=None).sampler, kind)
 

@@ -1,6 +1,7 @@
 """UA-SAM: zero-initialised adapters leave the encoder as it was; same seed, same samples; any K; head files
 round-trip and bad ones are refused clearly; each image of a batch keeps its own box; the trainer's loss and one
-resumable training step on a tiny early-feature cache."""
+resumable training step on a tiny early-feature cache; the shipped UA-SAM head's 3D candidates on LIDC-IDRI-0001
+beside the shipped Probabilistic SAM head."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from AmbiguousSAMLib.heads.checkpoint import load_any_head, load_head, read_chec
 from AmbiguousSAMLib.heads.ua_sam import UASAM
 from AmbiguousSAMLib.modeling.backbone import Backbone
 from AmbiguousSAMLib.training.ua_sam_loss import ua_sam_loss
+
+from test_segmenter import lidc  # noqa: F401 (fixture)
 
 BOX = torch.tensor([[80.0, 90.0, 160.0, 170.0]])
 
@@ -184,3 +187,34 @@ def test_the_product_takes_a_ua_sam_file_and_keeps_each_candidates_z_on_every_sl
     assert all(any(torch.equal(row, candidate) for candidate in pool) for row in later[0])
     again = segmenter.segment(volume, (28, 36, 52, 60), 6, image.GetSpacing(), samples=2, seed=0)
     np.testing.assert_array_equal(again.candidates, first.candidates)
+
+
+def test_lidc_nodule_ua_sam_candidates_beside_the_shipped_head(lidc) -> None:  # noqa: F811 (fixture)
+    """The shipped UA-SAM head on the click of the shipped head's 3D test, both in one run: 16 candidates, each
+    marking the clicked slice (the click conditioning keeps draws of a marked lesion there) and the nodule; 3D GED
+    and consensus Dice per radiologist printed for the README (UA_SAM_MODEL_CARD.md)."""
+    from AmbiguousSAMLib.segmenter import LesionSegmenter
+    from test_segmenter import LIDC_BOX, LIDC_SLICE
+    from test_seqsam_product import three_d_summary
+
+    volume, spacing, raters = lidc
+    runs = {name: LesionSegmenter(head=name, device="cpu").segment(volume, LIDC_BOX, LIDC_SLICE, spacing,
+                                                                   samples=16, seed=0)
+            for name in ("ua-sam", "default")}
+    ua_sam = runs["ua-sam"]
+    assert ua_sam.info["sampler"] == "ua_sam" and ua_sam.candidates.shape[0] == 16
+    candidates = ua_sam.paste(ua_sam.candidates)
+    union = raters.any(axis=0)
+    assert all(c[LIDC_SLICE].any() and (c & union).any() for c in candidates)
+    every = union.copy()
+    for result in runs.values():
+        every |= result.paste(result.candidates).any(axis=0)
+    region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(every))
+    rows = {name: three_d_summary(result, raters, region, float(np.prod(spacing))) for name, result in runs.items()}
+    print(f"\nLIDC-IDRI-0001, box on slice {LIDC_SLICE}, 16 candidates, seed 0")
+    for name, row in rows.items():
+        print(f"{name:>8}: 3D GED {row['ged']:.3f}; consensus Dice per radiologist {np.round(row['dice'], 3).tolist()}; "
+              f"slices {row['slices'][0]}-{row['slices'][1]}; {row['mm3'].min():,.0f}-{row['mm3'].max():,.0f} mm^3; "
+              f"{runs[name].info['seconds']:.0f} s")
+    # How close the 16 come to the radiologists is printed, not asserted beyond this: the consensus is the nodule.
+    assert min(rows["ua-sam"]["dice"]) > 0.3

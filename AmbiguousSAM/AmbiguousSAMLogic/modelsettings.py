@@ -16,8 +16,9 @@ from AmbiguousSAMLib.limits import RUNTIMES
 
 #: Names of AmbiguousSAMLib.modeling.backbone.BACKBONES; only "litemedsam" works without a checkpoint file.
 BACKBONE_CHOICES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
-#: Ambiguity heads: "default" is the shipped Probabilistic SAM head, "seqsam" the shipped SeqSAM head (both in
-#: Resources/Models), "deterministic" the plain backbone's single mask (AmbiguousSAMLib/head_names.py).
+#: Ambiguity heads: "default" is the shipped Probabilistic SAM head, "seqsam" the shipped SeqSAM head, "ua-sam" the
+#: shipped UA-SAM head (all in Resources/Models), "deterministic" the plain backbone's single mask
+#: (AmbiguousSAMLib/head_names.py).
 HEAD_CHOICES = HEAD_NAMES
 #: "auto" is CUDA when a GPU is visible to PyTorch, else the CPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
