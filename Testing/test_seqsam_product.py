@@ -102,6 +102,25 @@ def three_d_summary(result, raters: np.ndarray, region: tuple[slice, ...], voxel
             "mm3": candidates.reshape(len(candidates), -1).sum(axis=1) * voxel_mm3}
 
 
+def three_d_report(runs: dict, raters: np.ndarray, spacing: tuple[float, ...]) -> dict[str, dict]:
+    """Every run's three_d_summary on one region (the box around everything any run or radiologist marked), printed
+    one line per head as the README reports it; returns the rows by head name."""
+    every = raters.any(axis=0)
+    for result in runs.values():
+        every |= result.paste(result.candidates).any(axis=0)
+    region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(every))
+    rows = {name: three_d_summary(result, raters, region, float(np.prod(spacing))) for name, result in runs.items()}
+    rater_mm3 = raters.reshape(len(raters), -1).sum(axis=1) * float(np.prod(spacing))
+    rater_slices = np.nonzero(raters.any(axis=(0, 2, 3)))[0]
+    print(f"\nLIDC-IDRI-0001, box on slice {LIDC_SLICE}, 16 candidates, seed 0; radiologists: slices "
+          f"{rater_slices.min()}-{rater_slices.max()}, {rater_mm3.min():,.0f}-{rater_mm3.max():,.0f} mm^3")
+    for name, row in rows.items():
+        print(f"{name:>13}: 3D GED {row['ged']:.3f}; consensus Dice per radiologist {np.round(row['dice'], 3).tolist()}; "
+              f"slices {row['slices'][0]}-{row['slices'][1]}; {row['mm3'].min():,.0f}-{row['mm3'].max():,.0f} mm^3; "
+              f"{runs[name].info['seconds']:.0f} s")
+    return rows
+
+
 def test_lidc_nodule_seqsam_candidates_beside_the_shipped_head(lidc) -> None:  # noqa: F811 (fixture)
     """The same click as the shipped head's 3D test. SeqSAM's candidate m is step m of its recurrence on every
     slice: each must be one 3D object (marked on one unbroken run of slices through the clicked one, overlapping
@@ -125,20 +144,7 @@ def test_lidc_nodule_seqsam_candidates_beside_the_shipped_head(lidc) -> None:  #
                                                                     seed=12345, propagate=False)
     np.testing.assert_array_equal(reseeded.paste(reseeded.candidates)[:, LIDC_SLICE], candidates[:, LIDC_SLICE])
 
-    every = union.copy()
-    for result in runs.values():
-        every |= result.paste(result.candidates).any(axis=0)
-    region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(every))
-    voxel_mm3 = float(np.prod(spacing))
-    rows = {name: three_d_summary(result, raters, region, voxel_mm3) for name, result in runs.items()}
-    rater_mm3 = raters.reshape(4, -1).sum(axis=1) * voxel_mm3
-    rater_slices = np.nonzero(union.any(axis=(1, 2)))[0]
-    print(f"\nLIDC-IDRI-0001, box on slice {LIDC_SLICE}, 16 candidates, seed 0; radiologists: slices "
-          f"{rater_slices.min()}-{rater_slices.max()}, {rater_mm3.min():,.0f}-{rater_mm3.max():,.0f} mm^3")
-    for name, row in rows.items():
-        print(f"{name:>13}: 3D GED {row['ged']:.3f}; consensus Dice per radiologist {np.round(row['dice'], 3).tolist()}; "
-              f"slices {row['slices'][0]}-{row['slices'][1]}; {row['mm3'].min():,.0f}-{row['mm3'].max():,.0f} mm^3; "
-              f"{runs[name].info['seconds']:.0f} s")
+    rows = three_d_report(runs, raters, spacing)
     # The consensus is this nodule, not the tissue around it. How close the 16 come to the radiologists is printed,
     # not asserted: the shipped SeqSAM had 90 CPU steps of training (SEQSAM_MODEL_CARD.md).
     assert min(rows["seqsam"]["dice"]) > 0.3

@@ -195,7 +195,7 @@ def test_lidc_nodule_ua_sam_candidates_beside_the_shipped_head(lidc) -> None:  #
     and consensus Dice per radiologist printed for the README (UA_SAM_MODEL_CARD.md)."""
     from AmbiguousSAMLib.segmenter import LesionSegmenter
     from test_segmenter import LIDC_BOX, LIDC_SLICE
-    from test_seqsam_product import three_d_summary
+    from test_seqsam_product import three_d_report
 
     volume, spacing, raters = lidc
     runs = {name: LesionSegmenter(head=name, device="cpu").segment(volume, LIDC_BOX, LIDC_SLICE, spacing,
@@ -206,15 +206,6 @@ def test_lidc_nodule_ua_sam_candidates_beside_the_shipped_head(lidc) -> None:  #
     candidates = ua_sam.paste(ua_sam.candidates)
     union = raters.any(axis=0)
     assert all(c[LIDC_SLICE].any() and (c & union).any() for c in candidates)
-    every = union.copy()
-    for result in runs.values():
-        every |= result.paste(result.candidates).any(axis=0)
-    region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(every))
-    rows = {name: three_d_summary(result, raters, region, float(np.prod(spacing))) for name, result in runs.items()}
-    print(f"\nLIDC-IDRI-0001, box on slice {LIDC_SLICE}, 16 candidates, seed 0")
-    for name, row in rows.items():
-        print(f"{name:>8}: 3D GED {row['ged']:.3f}; consensus Dice per radiologist {np.round(row['dice'], 3).tolist()}; "
-              f"slices {row['slices'][0]}-{row['slices'][1]}; {row['mm3'].min():,.0f}-{row['mm3'].max():,.0f} mm^3; "
-              f"{runs[name].info['seconds']:.0f} s")
+    rows = three_d_report(runs, raters, spacing)
     # How close the 16 come to the radiologists is printed, not asserted beyond this: the consensus is the nodule.
     assert min(rows["ua-sam"]["dice"]) > 0.3
