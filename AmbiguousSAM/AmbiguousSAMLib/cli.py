@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import AmbiguousSAMError
-from .head_names import HEAD_HELP
+from .head_names import HEAD_HELP, SHIPPED_HEAD_FILES
 from .limits import RUNTIMES
 
 if TYPE_CHECKING:  # torch is imported by the commands that need it, not to parse arguments
@@ -545,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=16)
     evaluate.add_argument("--limit", type=int, help="evenly spaced subset of N slices")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--head", action="append", help="head file(s), or a shipped head's name ('default', "
-                          "'seqsam'); default: the shipped head")
+    evaluate.add_argument("--head", action="append", help="head file(s), or a shipped head's name ("
+                          f"{', '.join(map(repr, SHIPPED_HEAD_FILES))}); default: the shipped head")
     evaluate.add_argument("--seqsam-lengths", type=int, nargs="+", default=[3, 10, 16],
                           help="a SeqSAM head scores one row per number of masks M (its masks ignore --seed and "
                                "--samples)")
