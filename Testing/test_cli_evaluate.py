@@ -100,17 +100,18 @@ def test_saved_samples_rescore_to_the_reported_numbers(evaluated) -> None:
 def test_tune_sampling_writes_a_head_with_the_chosen_pair(evaluated, capsys) -> None:
     out = evaluated / "tuned.pt"
     argv = ["tune-sampling", "--data", str(VAL), "--limit", "3", "--samples", "4", "--cache", str(evaluated / "cache"),
-            "--out", str(out), "--temperatures", "1", "2", "--offsets", "-0.5", "0.0", "0.5"]
+            "--out", str(out), "--temperatures", "1", "2", "--offsets", "-0.5", "0.0", "0.5", "--latent-draws", "sobol"]
     assert main(argv) == 0
     head = load_head(build_backbone(), out)
     assert head.presence_offset in (-0.5, 0.0, 0.5) and head.prior_temperature in (1.0, 2.0)
+    assert head.latent_draws == "sobol"
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith(("| 1.00 |", "| 2.00 |"))]
     assert len(rows) == 6 and sum(line.count(" *") for line in rows) == 1
     chosen = next(line for line in rows if " *" in line)
     assert chosen.startswith(f"| {head.prior_temperature:.2f} | {head.presence_offset:+.2f} *")
     tuning = read_checkpoint(Path(out), HEAD)["extra"]["sampling_tuning"]
-    assert len(tuning["table"]) == 6 and tuning["slices"] == 3
+    assert len(tuning["table"]) == 6 and tuning["slices"] == 3 and tuning["latent_draws"] == "sobol"
 
 
 def test_half_scores_only_the_odd_slices_with_the_full_runs_samples(evaluated) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .errors import AmbiguousSAMError
 from .head_names import HEAD_HELP, SHIPPED_HEAD_FILES
-from .limits import RUNTIMES
+from .limits import LATENT_DRAWS, RUNTIMES
 
 if TYPE_CHECKING:  # torch is imported by the commands that need it, not to parse arguments
     import numpy as np
@@ -259,6 +259,7 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     predictor = Predictor(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device,
                           precision=args.precision, runtime=args.runtime)
     head = load_head(predictor.backbone, head_path).to(predictor.device)
+    head.latent_draws = args.latent_draws or head.latent_draws
     with open_crop_file(args.data) as file:
         rows = evaluation_rows(file["masks"], args.limit)
     cache = EmbeddingCache(args.cache)
@@ -277,10 +278,11 @@ def _tune_sampling(args: argparse.Namespace) -> None:
     payload = read_checkpoint(head_path, HEAD)
     extra = {key: value for key, value in payload["extra"].items() if key != "presence_offset_tuning"}
     extra["sampling_tuning"] = {"data": str(args.data), "slices": int(len(rows)), "seed": args.seed,
-                                "samples": args.samples, "table": table}
+                                "samples": args.samples, "latent_draws": head.latent_draws, "table": table}
     save_head(head, args.out, predictor.backbone.spec.name, extra=extra)
-    print(f"temperature {best['temperature']:.2f}, offset {best['offset']:+.2f} (lowest GED on the even slices, a "
-          f"tie within 0.001 going to the best mean of HM-IoU, D_avg and majority Dice there); wrote {args.out}")
+    print(f"temperature {best['temperature']:.2f}, offset {best['offset']:+.2f}, {head.latent_draws} latent draws "
+          "(lowest GED on the even slices, a tie within 0.001 going to the best mean of HM-IoU, D_avg and majority "
+          f"Dice there); wrote {args.out}")
 
 
 def _train_scorer(args: argparse.Namespace) -> None:
@@ -578,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prior temperatures to try (above 3 the 2D GED gains < 0.002 while, in 3D, candidates "
                            "start to run past the lesion; see the model card)")
     tune.add_argument("--offsets", type=float, nargs="+", default=[-0.9, -0.6, -0.3, 0.0, 0.3])
+    tune.add_argument("--latent-draws", choices=LATENT_DRAWS,
+                      help="how the K latent draws are laid out, tuned and written with the pair: 'random' "
+                           "(independent) or 'sobol' (a scrambled Sobol net, evenly spread; heads/latent_draws.py); "
+                           "default: the head's own")
     _add_model_options(tune)
     tune.set_defaults(run=_tune_sampling, precision="bf16")
     scorer = commands.add_parser("train-scorer", help="train the UncertainSAM scorer (expected quality, gaps, expert "

@@ -75,6 +75,9 @@ def check_threads(threads: int) -> int:
 
 #: Engines the image encoder can run on (encoder_runtime.py); "auto" is OpenVINO on a CPU, PyTorch on CUDA.
 RUNTIMES = ("auto", "torch", "openvino")
+#: Layouts of a latent head's K draws (heads/latent_draws.py); here, beside RUNTIMES, so the command line lists
+#: them without importing torch.
+LATENT_DRAWS = ("random", "sobol")
 
 
 def check_runtime(runtime: str) -> str:

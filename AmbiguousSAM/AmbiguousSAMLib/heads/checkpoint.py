@@ -132,7 +132,8 @@ def save_head(head: ProbabilisticSAM, path: str | Path, backbone_name: str, extr
                       "config": {"injection": head.injection, "latent_dim": head.latent_dim,
                                  "presence_offset": head.presence_offset, "prior_temperature": head.prior_temperature,
                                  "presence_evidence": head.presence_evidence,
-                                 "presence_bounds": head.presence.bounds(), "window_context": head.window_context},
+                                 "presence_bounds": head.presence.bounds(), "window_context": head.window_context,
+                                 "latent_draws": head.latent_draws},
                       "state": _trained_state(head), "extra": extra or {}}, path)
 
 

@@ -26,13 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..limits import LATENT_DRAWS
 from ..modeling.backbone import Backbone
 from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, run_transformer
 from .latent import GaussianLatentNet, box_channel, kl_divergence
 from .presence import (EVIDENCE, IMAGE_EVIDENCE, PresenceGate, appearance_features, gate_logits,
-                       presence_features, presence_probability, stratified_ranks)
+                       presence_features, presence_probability)
+from .latent_draws import latent_draws
 from .presence_window import DEFAULT_CONTEXT, WindowNet, lesion_window
-from .sampler import Samples, generator_for
+from .sampler import Samples
 
 INJECTIONS = ("hypernetwork", "prompt")
 
@@ -98,12 +100,14 @@ class ProbabilisticSAM(nn.Module):
                  presence_offset: float = 0.0, prior_temperature: float = 1.0,
                  presence_evidence: str = "decoder",
                  presence_bounds: tuple[list[float], list[float]] | None = None,
-                 window_context: float = DEFAULT_CONTEXT) -> None:
+                 window_context: float = DEFAULT_CONTEXT, latent_draws: str = "random") -> None:
         super().__init__()
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not '{injection}'")
         if presence_evidence not in EVIDENCE:
             raise ValueError(f"presence_evidence must be one of {tuple(EVIDENCE)}, not '{presence_evidence}'")
+        if latent_draws not in LATENT_DRAWS:
+            raise ValueError(f"latent_draws must be one of {LATENT_DRAWS}, not '{latent_draws}'")
         #: What the gate reads (presence.py): "appearance" and "window" heads need the model input image with every
         #: call.
         self.presence_evidence = presence_evidence
@@ -116,6 +120,8 @@ class ProbabilisticSAM(nn.Module):
         #: outlines decoded at the prior's spread vary less than the raters' do (the KL term pulls the posteriors
         #: together), so a temperature above 1 is tuned on validation slices to restore the spread.
         self.prior_temperature = float(prior_temperature)
+        #: How the K latent draws of a click are laid out (latent_draws.py); chosen with the two numbers above.
+        self.latent_draws = latent_draws
         self.image_size = backbone.image_size
         self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
         self.mask_decoder = copy.deepcopy(backbone.mask_decoder)
@@ -232,9 +238,7 @@ class ProbabilisticSAM(nn.Module):
 
     def draw_noise(self, k: int, seed: int) -> LatentNoise:
         """Noise for k samples from a private seeded stream: sample i's identity."""
-        generator = generator_for(seed, torch.device("cpu"))
-        normal = torch.randn((k, self.latent_dim), generator=generator)
-        return LatentNoise(normal, stratified_ranks(k, generator))
+        return LatentNoise(*latent_draws(k, self.latent_dim, seed, self.latent_draws))
 
     @torch.no_grad()
     def draw(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise,

@@ -83,7 +83,7 @@ def refit_gate(backbone: Backbone, head_path: str, cache: EmbeddingCache, rows: 
     trained = load_head(backbone, head_path)
     head = ProbabilisticSAM(backbone, injection=trained.injection, latent_dim=trained.latent_dim,
                             prior_temperature=trained.prior_temperature, presence_evidence=evidence,
-                            window_context=window_context)
+                            window_context=window_context, latent_draws=trained.latent_draws)
     copy_matching_weights(head, head_path)
     head = head.to(next(trained.parameters()).device).eval()
     crops = cache.crops()
