@@ -58,9 +58,10 @@ def test_auto_is_openvino_on_a_cpu(reference: Predictor) -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_openvino_masks_agree_with_torch_fp32(reference_answers, val_slices, precision: str) -> None:
-    """fp32 is PyTorch's arithmetic; bf16 moves a few boundary pixels, as PyTorch's own bf16 autocast does (on 50
-    val slices, mean Dice with torch fp32 0.971 for OpenVINO bf16 and 0.973 for torch bf16: a small lesion's Dice
-    changes by several points per pixel), so bf16 is held to the mean, fp32 to every slice."""
+    """fp32 is PyTorch's arithmetic; bf16 moves a few boundary pixels of small lesions (a small lesion's Dice
+    changes by several points per pixel), so bf16 is held to the mean, fp32 to every slice. The 0.98 is issue 16's:
+    with the stem in fp32 OpenVINO bf16 meets it (0.989 on 50 val slices in benchmark_runtimes.py; 0.971 when the
+    stem ran in bf16 too)."""
     fast = Predictor(device="cpu", precision=precision, runtime="openvino")
     dices, largest = [], 0.0
     for (image, box), (embedding, mask) in zip(val_slices, reference_answers):
@@ -72,7 +73,24 @@ def test_openvino_masks_agree_with_torch_fp32(reference_answers, val_slices, pre
         assert min(dices) >= 0.98
         assert largest < 1e-3  # the same arithmetic up to summation order (4e-6 measured)
     else:
-        assert np.mean(dices) >= 0.95
+        assert np.mean(dices) >= 0.98
+
+
+def test_in_bf16_the_stem_computes_in_fp32_and_the_rest_in_bf16(reference: Predictor, tmp_path: Path) -> None:
+    """What each part of the compiled encoder computes in, read from OpenVINO's own runtime graph: the stem's
+    convolutions in fp32 (their bf16 rounding is what moved masks), the attention stages' in bf16."""
+    fast = OpenVINOEncoder(backbone=reference.backbone, precision="bf16", cache_folder=tmp_path)
+    if fast.precision != "bf16":
+        pytest.skip("bf16 does not run here (no native bf16, or timed slower than fp32)")
+
+    def precisions(request) -> set[str]:
+        runtime = request.get_compiled_model().get_runtime_model()
+        return {op.get_rt_info()["runtimePrecision"].astype(str) for op in runtime.get_ordered_ops()
+                if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")}
+
+    stem, rest = (precisions(request) for request in fast._requests)
+    print(f"stem computes in {stem}, the rest in {rest}")
+    assert stem == {"f32"} and "bf16" in rest
 
 
 def test_cache_key_is_the_weights() -> None:
@@ -101,10 +119,10 @@ first = Predictor(device="cpu", runtime="openvino")
 image = torch.rand(1, 3, 256, 256)
 embedding = first.encode(image)
 folders = sorted((cache / "openvino").iterdir())
-stamp = (folders[0] / "encoder.bin").stat().st_mtime_ns
+stamp = (folders[0] / "encoder-0.bin").stat().st_mtime_ns
 second = OpenVINOEncoder(backbone=first.backbone, precision="fp32", cache_folder=cache)
 print(json.dumps({"kind": type(first.encoder()).__name__, "folders": [f.name for f in folders],
-                  "rewritten": (folders[0] / "encoder.bin").stat().st_mtime_ns != stamp,
+                  "rewritten": (folders[0] / "encoder-0.bin").stat().st_mtime_ns != stamp,
                   "difference": float((second(image) - embedding).abs().max())}))
 """
 

@@ -68,9 +68,13 @@ class Backbone(nn.Module):
 
     def encode(self, image01: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1], zero-padded -> (B, 256, 64, 64) image embedding."""
+        return self.image_encoder(self.encoder_input(image01))
+
+    def encoder_input(self, image01: torch.Tensor) -> torch.Tensor:
+        """What the image encoder itself takes: SAM's ViTs ImageNet-normalised pixels, LiteMedSAM [0, 1]."""
         if self.spec.imagenet_normalization:
-            image01 = (image01 * 255.0 - self.pixel_mean) / self.pixel_std
-        return self.image_encoder(image01)
+            return (image01 * 255.0 - self.pixel_mean) / self.pixel_std
+        return image01
 
 
 def _vit_encoder(embed_dim: int, depth: int, num_heads: int, global_attn: tuple[int, ...]) -> Callable[[], nn.Module]:

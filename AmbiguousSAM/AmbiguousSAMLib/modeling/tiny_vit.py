@@ -211,8 +211,17 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
-        for layer in self.layers:
+        return self.rest(self.stem(x))
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch embedding and the convolutional first stage, at the full input resolution: (B, 3, S, S) ->
+        (B, N, C) tokens. A part of its own because bf16 rounding here is what moves masks (encoder_runtime.py runs
+        it in fp32 when the rest runs in bf16)."""
+        return self.layers[0](self.patch_embed(x))
+
+    def rest(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention stages and SAM's neck: the stem's tokens -> (B, 256, 64, 64) image embedding."""
+        for layer in self.layers[1:]:
             x = layer(x)
         side = self.embedding_side
         x = x.view(len(x), side, side, -1).permute(0, 3, 1, 2)
