@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from AmbiguousSAMLib.heads.checkpoint import HEAD, load_head, read_checkpoint, save_head, write_checkpoint
-from AmbiguousSAMLib.heads.latent_draws import latent_draws
+from AmbiguousSAMLib.heads.latent_draws import seeded_draws
 from AmbiguousSAMLib.heads.probabilistic_sam import ProbabilisticSAM
 from AmbiguousSAMLib.modeling.backbone import Backbone
 
@@ -18,7 +18,7 @@ def strata_per_coordinate(normal: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("layout", ["random", "sobol"])
 def test_draws_are_seeded(layout: str) -> None:
-    first, again, other = (latent_draws(16, 6, seed, layout) for seed in (3, 3, 4))
+    first, again, other = (seeded_draws(16, 6, seed, layout) for seed in (3, 3, 4))
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[0], other[0]) and not torch.equal(first[1], other[1])
     assert first[0].shape == (16, 6) and first[1].shape == (16,)
@@ -30,18 +30,18 @@ def test_sobol_draws_fill_every_stratum_of_every_coordinate_and_ranks_rise_with_
     seed; independent draws almost never do (the chance is 16!/16^16 ~ 1e-6 per coordinate). The first 16 of a
     64-draw pool (what the click conditioning keeps) are the same net."""
     for seed in range(5):
-        normal, ranks = latent_draws(16, 6, seed, "sobol")
+        normal, ranks = seeded_draws(16, 6, seed, "sobol")
         assert all(sorted(column.tolist()) == list(range(16)) for column in strata_per_coordinate(normal).T)
         assert torch.equal((ranks * 16).floor().long(), torch.arange(16))
-        pool, _ = latent_draws(64, 6, seed, "sobol")
+        pool, _ = seeded_draws(64, 6, seed, "sobol")
         assert torch.equal(pool[:16], normal)
-        random, _ = latent_draws(16, 6, seed, "random")
+        random, _ = seeded_draws(16, 6, seed, "random")
         assert not all(sorted(column.tolist()) == list(range(16)) for column in strata_per_coordinate(random).T)
 
 
 def test_sobol_draws_are_standard_normal_over_seeds() -> None:
     """Each row keeps the law of an independent draw: over many seeds, mean 0 and variance 1 per coordinate."""
-    normal = torch.cat([latent_draws(16, 6, seed, "sobol")[0] for seed in range(400)])
+    normal = torch.cat([seeded_draws(16, 6, seed, "sobol")[0] for seed in range(400)])
     print(f"\nmean {normal.mean(0).abs().max():.3f}, std {normal.std(0).min():.3f}-{normal.std(0).max():.3f}")
     assert float(normal.mean(0).abs().max()) < 0.03
     assert float((normal.std(0) - 1).abs().max()) < 0.03
@@ -49,7 +49,7 @@ def test_sobol_draws_are_standard_normal_over_seeds() -> None:
 
 def test_an_unknown_layout_is_refused(backbone: Backbone) -> None:
     with pytest.raises(ValueError, match="random"):
-        latent_draws(4, 6, 0, "halton")
+        seeded_draws(4, 6, 0, "halton")
     with pytest.raises(ValueError, match="latent_draws"):
         ProbabilisticSAM(backbone, latent_draws="halton")
 
@@ -59,7 +59,7 @@ def test_the_layout_travels_in_the_head_file_and_older_files_read_as_random(back
     save_head(head, tmp_path / "head.pt", "litemedsam")
     loaded = load_head(backbone, tmp_path / "head.pt")
     assert loaded.latent_draws == "sobol"
-    assert torch.equal(loaded.draw_noise(16, 5).normal, latent_draws(16, 6, 5, "sobol")[0])
+    assert torch.equal(loaded.draw_noise(16, 5).normal, seeded_draws(16, 6, 5, "sobol")[0])
     older = read_checkpoint(tmp_path / "head.pt", HEAD)  # a file written before the layout was a setting
     del older["config"]["latent_draws"]
     write_checkpoint(older, tmp_path / "older.pt")

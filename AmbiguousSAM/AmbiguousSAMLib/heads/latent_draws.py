@@ -23,7 +23,7 @@ from .sampler import generator_for
 _EDGE = 1e-6
 
 
-def latent_draws(k: int, dim: int, seed: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+def seeded_draws(k: int, dim: int, seed: int, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(k, dim) standard-normal rows and (k,) ranks in [0, 1) for `seed`; the same seed gives the same draws."""
     if layout not in LATENT_DRAWS:
         raise ValueError(f"latent draws must be one of {LATENT_DRAWS}, not '{layout}'")

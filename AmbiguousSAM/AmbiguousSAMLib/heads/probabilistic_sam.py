@@ -32,7 +32,7 @@ from ..modeling.decoding import DecoderState, masks_from_weights, mask_weights, 
 from .latent import GaussianLatentNet, box_channel, kl_divergence
 from .presence import (EVIDENCE, IMAGE_EVIDENCE, PresenceGate, appearance_features, gate_logits,
                        presence_features, presence_probability)
-from .latent_draws import latent_draws
+from .latent_draws import seeded_draws
 from .presence_window import DEFAULT_CONTEXT, WindowNet, lesion_window
 from .sampler import Samples
 
@@ -238,7 +238,7 @@ class ProbabilisticSAM(nn.Module):
 
     def draw_noise(self, k: int, seed: int) -> LatentNoise:
         """Noise for k samples from a private seeded stream: sample i's identity."""
-        return LatentNoise(*latent_draws(k, self.latent_dim, seed, self.latent_draws))
+        return LatentNoise(*seeded_draws(k, self.latent_dim, seed, self.latent_draws))
 
     @torch.no_grad()
     def draw(self, embedding: torch.Tensor, box: torch.Tensor, noise: LatentNoise,
