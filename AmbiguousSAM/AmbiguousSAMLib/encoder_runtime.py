@@ -231,10 +231,11 @@ def _parts(backbone: Backbone) -> list[torch.nn.Module]:
     """The encoder as the modules converted and compiled one after the other: for TinyViT its stem and the rest,
     otherwise the whole encoder. Why split TinyViT: in bf16 its masks agreed with fp32 at a mean Dice of 0.971 on
     50 val slices (min 0.648), and the loss is in the stem, which runs at the full 256 x 256 resolution on LiteMedSAM's
-    1x1 patch embedding. Computing only the stem in fp32 gave 0.988 (min 0.928) for about 0.1 s more than all-bf16
-    (AMD EPYC with AVX-512 BF16, 1 thread), while keeping the last stage and the neck, every LayerNorm, or the
-    attention in fp32 changed nothing (0.970-0.972). OpenVINO's per-node "keep fp32" mark is not honoured for bf16
-    by its CPU plugin (only for f16), so the stem is a model of its own."""
+    1x1 patch embedding. Computing only the stem in fp32 gave 0.989 (min 0.905; benchmark_runtimes.py) for 17-30 %
+    more encoder time than all-bf16 (342-379 against 285-294 ms, 2 threads, AMD EPYC with AVX-512 BF16), while
+    keeping the last stage and the neck, every LayerNorm, or the attention in fp32 changed nothing (0.970-0.972).
+    OpenVINO's per-node "keep fp32" mark is not honoured for bf16 by its CPU plugin (only for f16), so the stem is a
+    model of its own."""
     if isinstance(backbone.image_encoder, TinyViT):
         return [_TinyViTStem(backbone).eval(), _TinyViTRest(backbone).eval()]
     return [_Encode(backbone).eval()]
