@@ -123,10 +123,14 @@ class OpenVINOEncoder:
         pixels = model_input.detach().to("cpu", torch.float32)
         if pixels.shape[0] != 1:  # the compiled shape is one image; a batch goes through one by one
             return torch.cat([self(image[None]) for image in pixels])
-        value = pixels.numpy()
-        for request in self._requests:
-            value = request.infer({0: value})[0]
-        return torch.from_numpy(value.copy()).to(model_input.device)
+        return torch.from_numpy(_infer_in_turn(self._requests, pixels.numpy()).copy()).to(model_input.device)
+
+
+def _infer_in_turn(requests: list, value: np.ndarray) -> np.ndarray:
+    """Run the compiled parts' infer requests one after the other, each on the previous one's output."""
+    for request in requests:
+        value = request.infer({0: value})[0]
+    return value
 
 
 def _compile(core, model_paths: list[Path], precision: str) -> list:
@@ -163,18 +167,12 @@ def _faster_precision(core, model_paths: list[Path], input_shape: tuple[int, ...
     for precision in ("bf16", "f32"):
         compiled[precision] = _compile(core, model_paths, precision)
         requests = [part.create_infer_request() for part in compiled[precision]]
-
-        def call() -> None:
-            value = zeros
-            for request in requests:
-                value = request.infer({0: value})[0]
-
-        call()
-        call()
+        _infer_in_turn(requests, zeros)
+        _infer_in_turn(requests, zeros)
         calls = []
         for _ in range(5):
             start = time.perf_counter()
-            call()
+            _infer_in_turn(requests, zeros)
             calls.append(time.perf_counter() - start)
         times[precision] = round(float(np.median(calls)) * 1000, 1)
     staging = record.with_name(f".{record.name}.{os.getpid()}")
@@ -194,37 +192,17 @@ def _chosen(times: dict[str, float]) -> str:
     return "bf16" if times["bf16"] < BF16_GAIN * times["f32"] else "f32"
 
 
-class _Encode(torch.nn.Module):
-    """`Backbone.encode` as a module, so the converted model includes SAM's input normalisation."""
+class _Part(torch.nn.Module):
+    """One step of `Backbone.encode` as a module of its own (the backbone, and so its weights, registered), so
+    OpenVINO can convert it."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, step: Callable[[Backbone, torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.backbone = backbone
+        self.step = step
 
-    def forward(self, image01: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode(image01)
-
-
-class _TinyViTStem(torch.nn.Module):
-    """TinyViT's stem (its input normalisation included) as a module of its own, converted apart from the rest."""
-
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, image01: torch.Tensor) -> torch.Tensor:
-        return self.backbone.image_encoder.stem(self.backbone.encoder_input(image01))
-
-
-class _TinyViTRest(torch.nn.Module):
-    """TinyViT after its stem: the stem's tokens -> the image embedding."""
-
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone.image_encoder.rest(tokens)
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        return self.step(self.backbone, value)
 
 
 def _parts(backbone: Backbone) -> list[torch.nn.Module]:
@@ -237,8 +215,11 @@ def _parts(backbone: Backbone) -> list[torch.nn.Module]:
     OpenVINO's per-node "keep fp32" mark is not honoured for bf16 by its CPU plugin (only for f16), so the stem is a
     model of its own."""
     if isinstance(backbone.image_encoder, TinyViT):
-        return [_TinyViTStem(backbone).eval(), _TinyViTRest(backbone).eval()]
-    return [_Encode(backbone).eval()]
+        steps = [lambda b, image01: b.image_encoder.stem(b.encoder_input(image01)),
+                 lambda b, tokens: b.image_encoder.rest(tokens)]
+    else:
+        steps = [Backbone.encode]
+    return [_Part(backbone, step).eval() for step in steps]
 
 
 def _convert(parts: list[torch.nn.Module], size: int, folder: Path) -> None:
